@@ -1,0 +1,122 @@
+package admin
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/zakirkun/isekai/events"
+	"github.com/zakirkun/isekai/projections"
+)
+
+// health is liveness: the process answers.
+func (s *Server) health(c *fiber.Ctx) error {
+	return ok(c, fiber.StatusOK, fiber.Map{"status": "ok", "node_id": s.cfg.NodeID})
+}
+
+// ready is 200 once the projection has caught up with the log since start.
+func (s *Server) ready(c *fiber.Ctx) error {
+	pos := s.routes.Table().Position()
+	if !s.sync.CaughtUp() {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return c.Status(fiber.StatusServiceUnavailable).JSON(errorBody{Error: "not ready: catching up with the event log", Code: "not_ready"})
+	}
+	return ok(c, fiber.StatusOK, fiber.Map{"ready": true, "applied_position": pos})
+}
+
+type statusBody struct {
+	NodeID            string          `json:"node_id"`
+	Version           string          `json:"version"`
+	StartedAt         time.Time       `json:"started_at"`
+	UptimeSeconds     float64         `json:"uptime_seconds"`
+	AppliedPosition   int64           `json:"applied_position"`
+	HeadPosition      *int64          `json:"head_position"`
+	Lag               *int64          `json:"lag"`
+	Database          string          `json:"database"`
+	ListenerConnected bool            `json:"listener_connected"`
+	CaughtUp          bool            `json:"caught_up"`
+	LastError         string          `json:"last_error,omitempty"`
+	Routes            int             `json:"routes"`
+	Conflicts         any             `json:"conflicts"`
+	Features          map[string]bool `json:"features"`
+}
+
+func (s *Server) status(c *fiber.Ctx) error {
+	t := s.routes.Table()
+	out := statusBody{
+		NodeID: s.cfg.NodeID, Version: s.cfg.Version, StartedAt: s.started.UTC(),
+		UptimeSeconds:   time.Since(s.started).Seconds(),
+		AppliedPosition: t.Position(), Database: "ok",
+		ListenerConnected: s.sync.Connected(), CaughtUp: s.sync.CaughtUp(), LastError: s.sync.LastError(),
+		Routes: t.Len(), Conflicts: conflictsOf(t), Features: s.cfg.Features,
+	}
+	ctx, cancel := context.WithTimeout(c.UserContext(), min(s.cfg.StoreTimeout, time.Second))
+	defer cancel()
+	if head, err := s.store.Head(ctx); err != nil {
+		out.Database = "unavailable"
+	} else {
+		lag := max(head-t.Position(), 0)
+		out.HeadPosition, out.Lag = &head, &lag
+	}
+	if out.Features == nil {
+		out.Features = map[string]bool{}
+	}
+	return ok(c, fiber.StatusOK, out)
+}
+
+func conflictsOf(t *projections.RouteTable) []projections.Conflict {
+	cs := t.Conflicts()
+	if cs == nil {
+		return []projections.Conflict{}
+	}
+	return cs
+}
+
+// eventsPage is GET /api/events: events in position order and the cursor
+// for the next page.
+type eventsPage struct {
+	Success   bool           `json:"success"`
+	Data      []events.Event `json:"data"`
+	NextAfter int64          `json:"next_after"`
+}
+
+const defaultEventsLimit, maxEventsLimit = 100, 1000
+
+func (s *Server) listEvents(c *fiber.Ctx) error {
+	f := events.Filter{Stream: c.Query("stream"), Type: c.Query("type"), Limit: defaultEventsLimit}
+	var err error
+	if f.After, err = intParam(c, "after", 0, 0, 1<<62); err != nil {
+		return err
+	}
+	limit, err := intParam(c, "limit", defaultEventsLimit, 1, maxEventsLimit)
+	if err != nil {
+		return err
+	}
+	f.Limit = int(limit)
+	ctx, cancel := s.storeCtx(c)
+	defer cancel()
+	evs, err := s.store.Read(ctx, f)
+	if err != nil {
+		return err
+	}
+	next := f.After
+	if len(evs) > 0 {
+		next = evs[len(evs)-1].Position
+	}
+	return c.JSON(eventsPage{Success: true, Data: evs, NextAfter: next})
+}
+
+func intParam(c *fiber.Ctx, name string, def, lo, hi int64) (int64, error) {
+	raw := c.Query(name)
+	if raw == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || n < lo || n > hi {
+		msg := "must be an integer from " + strconv.FormatInt(lo, 10) + " to " + strconv.FormatInt(hi, 10)
+		return 0, errBadRequest("invalid_query", name+" "+msg, projections.FieldError{Field: name, Message: msg})
+	}
+	return n, nil
+}
