@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -22,13 +23,19 @@ const (
 // RouteStream is the event stream of one route.
 func RouteStream(id uuid.UUID) string { return routeStreamPrefix + id.String() }
 
-// Defaults for fields a client omits.
+// Defaults for fields a client omits, and bounds checked by Validate.
+// Omitted fields otherwise default to: strip_path true, enabled true,
+// priority 0, rate_limit 0 (unlimited), methods empty (any), host empty
+// (any), name empty.
 const (
 	DefaultTimeoutSeconds = 30
 	MaxTimeoutSeconds     = 3600
-	MaxPathParams         = 16
-	MaxPathLength         = 1024
-	MaxNameLength         = 128
+	// MaxPathParams stays well under the 30 parameters that panic fiber's
+	// own router (GHSA-mrq8); Isekai matches routes itself, but a route
+	// that cannot be served by common routers is a mistake anyway.
+	MaxPathParams = 16
+	MaxPathLength = 1024
+	MaxNameLength = 128
 )
 
 // Route is one routing rule as stored in route.created / route.updated
@@ -39,7 +46,9 @@ type Route struct {
 	// Path is matched segment-aware as a prefix: "/api" matches "/api" and
 	// "/api/x", not "/apix". "{name}" segments match any one segment.
 	Path string `json:"path"`
-	// Methods the route accepts; empty means any method.
+	// Methods the route accepts, upper case, sorted, without duplicates;
+	// empty means any method. JSON always carries the array ([] for any)
+	// and, for the seed's clients, "method" when there is exactly one.
 	Methods []string `json:"methods"`
 	// Host, when set, is an exact host ("api.example.com") or a suffix
 	// wildcard ("*.example.com"); empty matches any host.
@@ -65,6 +74,28 @@ type Route struct {
 	target Target
 }
 
+// routeJSON has Route's fields without its methods, so that MarshalJSON
+// can add the seed's "method" without recursing.
+type routeJSON Route
+
+// MarshalJSON writes the route with "methods" always an array and, when
+// the route has exactly one method, the seed's "method" field too.
+// Unmarshalling needs no counterpart: "method" is derived, and ignored.
+func (r Route) MarshalJSON() ([]byte, error) {
+	out := struct {
+		routeJSON
+		Methods []string `json:"methods"`
+		Method  string   `json:"method,omitempty"`
+	}{routeJSON: routeJSON(r), Methods: r.Methods}
+	if out.Methods == nil {
+		out.Methods = []string{}
+	}
+	if len(r.Methods) == 1 {
+		out.Method = r.Methods[0]
+	}
+	return json.Marshal(out)
+}
+
 // Target is a route's upstream, parsed once when the table is built.
 type Target struct {
 	Scheme string // "http" or "https"
@@ -82,9 +113,10 @@ type Target struct {
 // Target returns the compiled upstream of a route taken from a table.
 func (r *Route) Target() Target { return r.target }
 
-// Compile parses TargetURL into the route's Target. The table build calls it
-// for every route; it is exported for callers that build routes by hand
-// (tests, tools).
+// Compile parses TargetURL into the route's Target. Routes in a table are
+// compiled already (once, when their event is applied); Compile is for
+// callers that build routes by hand (tests, tools). It must not be called
+// on a route taken from a table, which is shared.
 func (r *Route) Compile() error {
 	t, err := parseTarget(r.TargetURL)
 	if err != nil {
