@@ -38,7 +38,11 @@ type env struct {
 
 // newEnv wires a real store, listener, projection and admin server on a
 // loopback port, as a node does.
-func newEnv(t *testing.T, dbURL string) env {
+func newEnv(t *testing.T, dbURL string) env { return newEnvDelayed(t, dbURL, 0) }
+
+// newEnvDelayed is newEnv with a node that applies each batch of events
+// only after delay: a node lagging behind the log.
+func newEnvDelayed(t *testing.T, dbURL string, delay time.Duration) env {
 	t.Helper()
 	pool, err := pgxpool.New(context.Background(), dbURL)
 	if err != nil {
@@ -50,7 +54,11 @@ func newEnv(t *testing.T, dbURL string) env {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	l := events.NewListener(events.ListenerConfig{
 		ConnConfig: pool.Config().ConnConfig, Store: store, Logger: quiet,
-		Handler: func(_ context.Context, evs []events.Event) error { _, err := routes.Apply(evs); return err },
+		Handler: func(_ context.Context, evs []events.Event) error {
+			time.Sleep(delay)
+			_, err := routes.Apply(evs)
+			return err
+		},
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 	})
 	if err := l.Start(context.Background()); err != nil {
@@ -429,4 +437,22 @@ func TestDatabaseOutageIs503(t *testing.T) {
 	// Reads served from the projection keep working.
 	expect(t, e.do(t, "GET", id, nil), 200, "")
 	expect(t, e.do(t, "GET", "/health", nil), 200, "")
+}
+
+// A node behind the log must not refuse a write for a route it has not
+// seen yet: a refusal is re-decided on a table at the log's head.
+func TestWriteOnLaggingNodeSeesTheLog(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewMigratedDatabase(t)
+	fast := newEnv(t, db)
+	slow := newEnvDelayed(t, db, 300*time.Millisecond)
+	for i := 0; i < 3; i++ {
+		r := fast.do(t, "POST", "/api/routes", map[string]any{"path": fmt.Sprintf("/lag%d", i), "target_url": "http://127.0.0.1:9"})
+		expect(t, r, 201, "")
+		id := "/api/routes/" + r.route(t).ID.String()
+		// The slow node has not applied the create yet.
+		expect(t, slow.do(t, "PATCH", id, map[string]any{"timeout": 7}, "If-Match", `"1"`), 200, "")
+		// Nor the patch, on the fast node, when it answers.
+		expect(t, fast.do(t, "DELETE", id, nil, "If-Match", `"2"`), 200, "")
+	}
 }

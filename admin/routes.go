@@ -239,27 +239,49 @@ func (s *Server) routeHistory(c *fiber.Ctx) error {
 
 // commit decides on the table this node has applied and appends the result
 // expecting the log's head to be that table's position, so that checks
-// spanning routes (path conflicts) hold across the cluster. When another
-// write landed first it waits for the table to catch up and decides again.
+// spanning routes (path conflicts) hold across the cluster: a decision on a
+// stale table never commits. When another write landed first it waits for
+// the table to catch up and decides again.
 func (s *Server) commit(c *fiber.Ctx, decide func(*projections.RouteTable) (events.Proposed, error)) (events.Event, bool, error) {
 	ctx, cancel := s.storeCtx(c)
 	defer cancel()
-	for attempt := 1; ; attempt++ {
-		// Decide on a table that includes everything committed so far.
+	// catchUp brings the table to the log's head before deciding again.
+	catchUp := func() error {
 		head, err := s.store.Head(ctx)
 		if err != nil {
-			return events.Event{}, false, err
+			return err
 		}
-		if err := s.routes.WaitFor(ctx, head); err != nil {
-			return events.Event{}, false, err
-		}
+		return s.routes.WaitFor(ctx, head)
+	}
+	for attempt := 1; ; attempt++ {
 		t := s.routes.Table()
 		p, err := decide(t)
 		if err != nil {
-			return events.Event{}, false, err
+			// A refusal (404, 412, 409) must not come from a table that
+			// is behind the log: check the head, and decide again if the
+			// table was stale. Commits need no such check: the append
+			// below fails unless the table was at the head.
+			var ae *apiError
+			if !errors.As(err, &ae) || attempt >= maxWriteAttempts {
+				return events.Event{}, false, err
+			}
+			head, herr := s.store.Head(ctx)
+			if herr != nil {
+				return events.Event{}, false, herr
+			}
+			if head <= t.Position() {
+				return events.Event{}, false, err
+			}
+			if err := s.routes.WaitFor(ctx, head); err != nil {
+				return events.Event{}, false, err
+			}
+			continue
 		}
 		res, err := s.store.Append(ctx, events.AppendRequest{Events: []events.Proposed{p}, CheckHead: true, ExpectedHead: t.Position()})
 		if errors.Is(err, events.ErrHeadMoved) && attempt < maxWriteAttempts {
+			if err := catchUp(); err != nil {
+				return events.Event{}, false, err
+			}
 			continue
 		}
 		if err != nil {
