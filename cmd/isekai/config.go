@@ -37,6 +37,16 @@ type Config struct {
 	IdleTimeout    time.Duration
 	MaxHeaderBytes int
 	MaxBodyBytes   int
+	// StreamThreshold: bodies above it are streamed, not buffered
+	// (SERVER_STREAM_THRESHOLD, 1 MiB). Concurrency caps simultaneous
+	// proxy connections (SERVER_CONCURRENCY, 262144).
+	StreamThreshold int
+	Concurrency     int
+	// UpstreamMaxConns caps connections per upstream target
+	// (UPSTREAM_MAX_CONNS, 1024); idle ones close after UpstreamIdleTimeout
+	// (UPSTREAM_IDLE_TIMEOUT, 4s).
+	UpstreamMaxConns    int
+	UpstreamIdleTimeout time.Duration
 	// ShutdownTimeout bounds draining in-flight requests on SIGTERM
 	// (SERVER_SHUTDOWN_TIMEOUT, 30s).
 	ShutdownTimeout time.Duration
@@ -76,23 +86,27 @@ type Config struct {
 func loadConfig(getenv func(string) string) (Config, error) {
 	p := &envParser{getenv: getenv}
 	c := Config{
-		ServerHost:      p.str("SERVER_HOST", ""),
-		ServerPort:      p.port("SERVER_PORT", 8080),
-		AdminHost:       p.str("ADMIN_HOST", "127.0.0.1"),
-		AdminPort:       p.port("ADMIN_PORT", 8081),
-		ReadTimeout:     p.duration("SERVER_READ_TIMEOUT", 15*time.Second),
-		WriteTimeout:    p.duration("SERVER_WRITE_TIMEOUT", 15*time.Second),
-		IdleTimeout:     p.duration("SERVER_IDLE_TIMEOUT", 60*time.Second),
-		ShutdownTimeout: p.duration("SERVER_SHUTDOWN_TIMEOUT", 30*time.Second),
-		MaxHeaderBytes:  p.intRange("SERVER_MAX_HEADER_BYTES", 16<<10, 1<<10, 1<<20),
-		MaxBodyBytes:    p.intRange("SERVER_MAX_BODY_BYTES", 10<<20, 0, 1<<30),
-		DBMaxConns:      p.intRange("DB_MAX_OPEN_CONNS", 10, 2, 1000),
-		DBMinIdleConns:  p.intRange("DB_MAX_IDLE_CONNS", 2, 0, 1000),
-		DataDir:         p.str("ISEKAI_DATA_DIR", "./.isekai"),
-		NodeID:          p.str("ISEKAI_NODE_ID", ""),
-		ManagedPGPort:   p.port("ISEKAI_PG_PORT", 0),
-		PollInterval:    p.duration("ISEKAI_POLL_INTERVAL", 5*time.Second),
-		LogFormat:       p.str("LOG_FORMAT", "text"),
+		ServerHost:          p.str("SERVER_HOST", ""),
+		ServerPort:          p.port("SERVER_PORT", 8080),
+		AdminHost:           p.str("ADMIN_HOST", "127.0.0.1"),
+		AdminPort:           p.port("ADMIN_PORT", 8081),
+		ReadTimeout:         p.duration("SERVER_READ_TIMEOUT", 15*time.Second),
+		WriteTimeout:        p.duration("SERVER_WRITE_TIMEOUT", 15*time.Second),
+		IdleTimeout:         p.duration("SERVER_IDLE_TIMEOUT", 60*time.Second),
+		ShutdownTimeout:     p.duration("SERVER_SHUTDOWN_TIMEOUT", 30*time.Second),
+		MaxHeaderBytes:      p.intRange("SERVER_MAX_HEADER_BYTES", 16<<10, 1<<10, 1<<20),
+		MaxBodyBytes:        p.intRange("SERVER_MAX_BODY_BYTES", 10<<20, 0, 1<<30),
+		StreamThreshold:     p.intRange("SERVER_STREAM_THRESHOLD", 1<<20, 4<<10, 1<<30),
+		Concurrency:         p.intRange("SERVER_CONCURRENCY", 256*1024, 1, 1<<24),
+		UpstreamMaxConns:    p.intRange("UPSTREAM_MAX_CONNS", 1024, 1, 1<<20),
+		UpstreamIdleTimeout: p.duration("UPSTREAM_IDLE_TIMEOUT", 4*time.Second),
+		DBMaxConns:          p.intRange("DB_MAX_OPEN_CONNS", 10, 2, 1000),
+		DBMinIdleConns:      p.intRange("DB_MAX_IDLE_CONNS", 2, 0, 1000),
+		DataDir:             p.str("ISEKAI_DATA_DIR", "./.isekai"),
+		NodeID:              p.str("ISEKAI_NODE_ID", ""),
+		ManagedPGPort:       p.port("ISEKAI_PG_PORT", 0),
+		PollInterval:        p.duration("ISEKAI_POLL_INTERVAL", 5*time.Second),
+		LogFormat:           p.str("LOG_FORMAT", "text"),
 	}
 	c.TrustedProxies = p.prefixes("TRUSTED_PROXIES")
 	c.DatabaseURL = p.databaseURL()

@@ -103,13 +103,17 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	waitCaughtUp(ctx, listener, startupCatchUp, log)
 
 	gw, err := gateway.New(gateway.Config{
-		ReadTimeout:    cfg.ReadTimeout,
-		WriteTimeout:   cfg.WriteTimeout,
-		IdleTimeout:    cfg.IdleTimeout,
-		MaxHeaderBytes: cfg.MaxHeaderBytes,
-		MaxBodyBytes:   cfg.MaxBodyBytes,
-		TrustedProxies: cfg.TrustedProxies,
-		Logger:         log,
+		ReadTimeout:         cfg.ReadTimeout,
+		WriteTimeout:        cfg.WriteTimeout,
+		IdleTimeout:         cfg.IdleTimeout,
+		MaxHeaderBytes:      cfg.MaxHeaderBytes,
+		MaxBodyBytes:        cfg.MaxBodyBytes,
+		TrustedProxies:      cfg.TrustedProxies,
+		StreamThreshold:     cfg.StreamThreshold,
+		Concurrency:         cfg.Concurrency,
+		MaxConnsPerTarget:   cfg.UpstreamMaxConns,
+		UpstreamIdleTimeout: cfg.UpstreamIdleTimeout,
+		Logger:              log,
 	}, func() gateway.Routes { return routes.Table() })
 	if err != nil {
 		return nil, err
