@@ -456,3 +456,43 @@ func TestWriteOnLaggingNodeSeesTheLog(t *testing.T) {
 		expect(t, fast.do(t, "DELETE", id, nil, "If-Match", `"2"`), 200, "")
 	}
 }
+
+// notCaughtUp is a listener that has not yet applied the log.
+type notCaughtUp struct{}
+
+func (notCaughtUp) CaughtUp() bool    { return false }
+func (notCaughtUp) Connected() bool   { return false }
+func (notCaughtUp) LastError() string { return "connecting listener: connection refused" }
+
+// /ready stays 503 until the projection has caught up; /health does not
+// depend on it.
+func TestReadyWaitsForCatchUp(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(context.Background(), pgtest.NewMigratedDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	srv, err := admin.New(admin.Config{NodeID: "n", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		events.NewPostgresStore(pool), projections.NewRoutes(), notCaughtUp{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	e := env{base: "http://" + ln.Addr().String()}
+	r := e.do(t, "GET", "/ready", nil)
+	expect(t, r, 503, "not_ready")
+	if r.header.Get("Retry-After") == "" {
+		t.Error("503 from /ready without Retry-After")
+	}
+	expect(t, e.do(t, "GET", "/health", nil), 200, "")
+	r = e.do(t, "GET", "/api/status", nil)
+	if !strings.Contains(string(r.body.Data), `"caught_up":false`) || !strings.Contains(string(r.body.Data), "connection refused") {
+		t.Errorf("status of a node catching up: %s", r.body.Data)
+	}
+}

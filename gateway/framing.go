@@ -122,39 +122,46 @@ func (c *framedConn) Read(p []byte) (int, error) {
 }
 
 // readHeader reads until the final response header block is complete,
-// neutralizes ambiguous framing in it, then serves the bytes from buf.
+// neutralizes ambiguous framing in it, then serves the bytes. Usually the
+// whole block arrives in one read: it is checked and rewritten right in
+// the caller's buffer. Only a block split across reads is held back in buf
+// until it is complete.
 func (c *framedConn) readHeader(p []byte) (int, error) {
-	if c.buf == nil {
-		c.buf = make([]byte, c.maxHeader)
-	}
-	c.r, c.w = 0, 0
-	start := 0
-	for c.scanning {
-		n, err := c.Conn.Read(c.buf[c.w:])
-		c.w += n
-		c.received += n
-		for c.scanning {
-			end := headerBlockEnd(c.buf[start:c.w])
-			if end < 0 {
-				break
-			}
-			status, ambiguous := neutralizeFraming(c.buf[start : start+end])
-			c.ambiguous = c.ambiguous || ambiguous
-			start += end
-			if status < 100 || status > 199 || status == 101 {
-				c.scanning = false
-			}
-		}
-		if err != nil {
+	n, err := c.Conn.Read(p)
+	c.received += n
+	start := c.scanBlocks(p[:n], 0)
+	if err != nil {
+		c.scanning = false
+		if n > 0 {
 			c.err = err
-			c.scanning = false
-		} else if c.scanning && c.w == len(c.buf) {
+			return n, nil
+		}
+		return 0, err
+	}
+	if !c.scanning || n == 0 {
+		return n, nil
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, max(c.maxHeader, len(p)))
+	}
+	c.r, c.w = 0, copy(c.buf, p[:n])
+	for c.scanning {
+		if c.w == len(c.buf) {
 			// A header block the client's buffer cannot hold either: let
 			// its parser reject it.
 			c.scanning = false
+			break
+		}
+		n, err := c.Conn.Read(c.buf[c.w:])
+		c.w += n
+		c.received += n
+		start = c.scanBlocks(c.buf[:c.w], start)
+		if err != nil {
+			c.err = err
+			c.scanning = false
 		}
 	}
-	n := copy(p, c.buf[:c.w])
+	n = copy(p, c.buf[:c.w])
 	c.r = n
 	if n == 0 && c.err != nil {
 		err := c.err
@@ -162,6 +169,25 @@ func (c *framedConn) readHeader(p []byte) (int, error) {
 		return 0, err
 	}
 	return n, nil
+}
+
+// scanBlocks checks the complete header blocks in b from start on, and
+// returns where the next block starts. It ends scanning at the final
+// (non-1xx, or 101) response's block.
+func (c *framedConn) scanBlocks(b []byte, start int) int {
+	for c.scanning {
+		end := headerBlockEnd(b[start:])
+		if end < 0 {
+			break
+		}
+		status, ambiguous := neutralizeFraming(b[start : start+end])
+		c.ambiguous = c.ambiguous || ambiguous
+		start += end
+		if status < 100 || status > 199 || status == 101 {
+			c.scanning = false
+		}
+	}
+	return start
 }
 
 // pending reports bytes read from the connection and not yet consumed.

@@ -106,6 +106,9 @@ func TestAmbiguousUpstreamFraming(t *testing.T) {
 	tests := []struct {
 		name  string
 		first string
+		// split sends the first response in pieces, so that its header
+		// block spans several reads.
+		split bool
 	}{
 		{name: "Content-Length then Transfer-Encoding",
 			first: "HTTP/1.1 200 OK\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n"},
@@ -113,6 +116,10 @@ func TestAmbiguousUpstreamFraming(t *testing.T) {
 			first: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ncontent-length:0\r\n\r\n5\r\nfirst\r\n0\r\n\r\n"},
 		{name: "after an interim response",
 			first: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n"},
+		{name: "header block split across reads",
+			first: "HTTP/1.1 200 OK\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n", split: true},
+		{name: "interim and final blocks split across reads",
+			first: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nfirst\r\n0\r\n\r\n", split: true},
 	}
 	const smuggledResponse = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
 	for _, tt := range tests {
@@ -131,7 +138,14 @@ func TestAmbiguousUpstreamFraming(t *testing.T) {
 						continue
 					}
 					first = false
-					_, _ = io.WriteString(c, tt.first)
+					if tt.split {
+						for i := 0; i < len(tt.first); i += 7 {
+							_, _ = io.WriteString(c, tt.first[i:min(i+7, len(tt.first))])
+							time.Sleep(2 * time.Millisecond)
+						}
+					} else {
+						_, _ = io.WriteString(c, tt.first)
+					}
 					// Separately, so that it lands after the client has
 					// read the first response and pooled the connection.
 					time.Sleep(100 * time.Millisecond)
