@@ -47,6 +47,7 @@ func main() {
 	k := flag.Int("k", 200, "route changes to time (propagation)")
 	nroutes := flag.Int("routes", 10000, "routes in the table (churn)")
 	dur := flag.Duration("duration", 10*time.Second, "load duration per phase (churn)")
+	rate := flag.Int("rate", 0, "route changes per second while churning; 0 = as fast as the admin API takes them")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -76,7 +77,7 @@ func main() {
 	case "propagation":
 		propagation(procs, backend, *k)
 	case "churn":
-		churn(ctx, db, procs[0], backend, *nroutes, *dur)
+		churn(ctx, db, procs[0], backend, *nroutes, *dur, *rate)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
@@ -223,7 +224,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // churn: N routes in the table; latency of a hot route under load, first
 // quiet, then while routes are updated continuously (each update rebuilds
 // the whole N-route table on the node).
-func churn(ctx context.Context, db string, n *proc, backend string, nroutes int, dur time.Duration) {
+func churn(ctx context.Context, db string, n *proc, backend string, nroutes int, dur time.Duration, rate int) {
 	pool, err := pgxpool.New(ctx, db)
 	check(err)
 	defer pool.Close()
@@ -260,7 +261,20 @@ func churn(ctx context.Context, db string, n *proc, backend string, nroutes int,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		var tick <-chan time.Time
+		if rate > 0 {
+			t := time.NewTicker(time.Second / time.Duration(rate))
+			defer t.Stop()
+			tick = t.C
+		}
 		for i := 0; ; i++ {
+			if tick != nil {
+				select {
+				case <-stop:
+					return
+				case <-tick:
+				}
+			}
 			select {
 			case <-stop:
 				return
