@@ -20,7 +20,9 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.message }
 
-func errNotFound() error { return &apiError{status: fiber.StatusNotFound, code: "route_not_found", message: "route not found"} }
+func errNotFound() error {
+	return &apiError{status: fiber.StatusNotFound, code: "route_not_found", message: "route not found"}
+}
 
 func errBadRequest(code, msg string, fields ...projections.FieldError) error {
 	return &apiError{status: fiber.StatusBadRequest, code: code, message: msg, fields: fields}

@@ -108,10 +108,53 @@ func (s *Server) patchRoute(c *fiber.Ctx) error {
 	})
 }
 
+// routeWrite is what a write to an existing route reads from its request.
+type routeWrite struct {
+	id         uuid.UUID
+	ifMatch    int64
+	hasIfMatch bool
+	meta       events.Metadata
+}
+
+func (s *Server) parseRouteWrite(c *fiber.Ctx) (routeWrite, error) {
+	var w routeWrite
+	var err error
+	if w.id, err = routeID(c); err != nil {
+		return w, err
+	}
+	if w.ifMatch, w.hasIfMatch, err = parseIfMatch(c); err != nil {
+		return w, err
+	}
+	w.meta, err = s.metadata(c)
+	return w, err
+}
+
+// current is the route as the table has it: 404 when there is none, 412
+// when If-Match names another version.
+func (w routeWrite) current(t *projections.RouteTable) (*projections.Route, error) {
+	cur, found := t.Get(w.id)
+	if !found {
+		return nil, errNotFound()
+	}
+	if w.hasIfMatch && w.ifMatch != cur.Version {
+		return nil, errPrecondition()
+	}
+	return cur, nil
+}
+
+// result turns a version conflict into 412 when the client named the
+// version it expected.
+func (w routeWrite) result(err error) error {
+	if w.hasIfMatch && errors.Is(err, events.ErrConflict) {
+		return errPrecondition()
+	}
+	return err
+}
+
 // updateRoute is PUT and PATCH: build the next spec from the current one,
 // validate, and append it expecting the current version.
 func (s *Server) updateRoute(c *fiber.Ctx, next func(projections.RouteInput, *projections.Route) projections.Route) error {
-	id, err := routeID(c)
+	w, err := s.parseRouteWrite(c)
 	if err != nil {
 		return err
 	}
@@ -119,23 +162,13 @@ func (s *Server) updateRoute(c *fiber.Ctx, next func(projections.RouteInput, *pr
 	if err != nil {
 		return err
 	}
-	ifMatch, hasIfMatch, err := parseIfMatch(c)
-	if err != nil {
-		return err
-	}
-	meta, err := s.metadata(c)
-	if err != nil {
-		return err
-	}
 	var cur *projections.Route
 	ev, _, err := s.commit(c, func(t *projections.RouteTable) (events.Proposed, error) {
-		var found bool
-		if cur, found = t.Get(id); !found {
-			return events.Proposed{}, errNotFound()
+		found, err := w.current(t)
+		if err != nil {
+			return events.Proposed{}, err
 		}
-		if hasIfMatch && ifMatch != cur.Version {
-			return events.Proposed{}, errPrecondition()
-		}
+		cur = found
 		r := next(in, cur)
 		if err := r.Validate(); err != nil {
 			return events.Proposed{}, err
@@ -143,13 +176,10 @@ func (s *Server) updateRoute(c *fiber.Ctx, next func(projections.RouteInput, *pr
 		if err := checkConflict(t, &r); err != nil {
 			return events.Proposed{}, err
 		}
-		return routeEvent(uuid.Nil, projections.EventRouteUpdated, cur.Version, &r, meta)
+		return routeEvent(uuid.Nil, projections.EventRouteUpdated, cur.Version, &r, w.meta)
 	})
 	if err != nil {
-		if hasIfMatch && errors.Is(err, events.ErrConflict) {
-			return errPrecondition()
-		}
-		return err
+		return w.result(err)
 	}
 	out, err := routeAfter(cur, ev)
 	if err != nil {
@@ -159,36 +189,22 @@ func (s *Server) updateRoute(c *fiber.Ctx, next func(projections.RouteInput, *pr
 }
 
 func (s *Server) deleteRoute(c *fiber.Ctx) error {
-	id, err := routeID(c)
-	if err != nil {
-		return err
-	}
-	ifMatch, hasIfMatch, err := parseIfMatch(c)
-	if err != nil {
-		return err
-	}
-	meta, err := s.metadata(c)
+	w, err := s.parseRouteWrite(c)
 	if err != nil {
 		return err
 	}
 	ev, _, err := s.commit(c, func(t *projections.RouteTable) (events.Proposed, error) {
-		cur, found := t.Get(id)
-		if !found {
-			return events.Proposed{}, errNotFound()
+		cur, err := w.current(t)
+		if err != nil {
+			return events.Proposed{}, err
 		}
-		if hasIfMatch && ifMatch != cur.Version {
-			return events.Proposed{}, errPrecondition()
-		}
-		data, _ := json.Marshal(map[string]string{"id": id.String()})
-		return events.Proposed{Stream: projections.RouteStream(id), ExpectedVersion: cur.Version, Type: projections.EventRouteDeleted, Data: data, Metadata: meta}, nil
+		data, _ := json.Marshal(map[string]string{"id": w.id.String()})
+		return events.Proposed{Stream: projections.RouteStream(w.id), ExpectedVersion: cur.Version, Type: projections.EventRouteDeleted, Data: data, Metadata: w.meta}, nil
 	})
 	if err != nil {
-		if hasIfMatch && errors.Is(err, events.ErrConflict) {
-			return errPrecondition()
-		}
-		return err
+		return w.result(err)
 	}
-	return written(c, fiber.StatusOK, ev, fiber.Map{"id": id, "deleted": true, "version": ev.Version})
+	return written(c, fiber.StatusOK, ev, fiber.Map{"id": w.id, "deleted": true, "version": ev.Version})
 }
 
 // historyEntry is one version of a route as GET /api/routes/{id}/history

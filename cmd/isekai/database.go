@@ -21,7 +21,20 @@ type database struct {
 	managed *pglocal.Server
 }
 
+// openDatabase opens the node's database and applies the migrations to it.
 func openDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*database, error) {
+	db, err := startDatabase(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := migrate(ctx, db.url, log); err != nil {
+		db.close(log)
+		return nil, err
+	}
+	return db, nil
+}
+
+func startDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*database, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
@@ -89,8 +102,8 @@ func migrateCmd(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer db.close(log)
-	return migrate(ctx, db.url, log)
+	db.close(log)
+	return nil
 }
 
 // postgresCmd runs the managed Postgres alone, in the foreground, so that
@@ -105,9 +118,6 @@ func postgresCmd(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Wr
 		return err
 	}
 	defer db.close(log)
-	if err := migrate(ctx, db.url, log); err != nil {
-		return err
-	}
 	fmt.Fprintf(stdout, "DATABASE_URL=%s\n", db.url)
 	<-ctx.Done()
 	return nil

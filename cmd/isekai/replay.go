@@ -32,9 +32,6 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 		return err
 	}
 	defer db.close(log)
-	if err := migrate(ctx, db.url, log); err != nil {
-		return err
-	}
 	pool, err := newPool(ctx, cfg, db.url)
 	if err != nil {
 		return err

@@ -70,9 +70,6 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		return nil, err
 	}
 	log = log.With("node", id)
-	if err := migrate(ctx, db.url, log); err != nil {
-		return nil, err
-	}
 	pool, err := newPool(ctx, cfg, db.url)
 	if err != nil {
 		return nil, err
