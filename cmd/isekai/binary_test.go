@@ -92,6 +92,31 @@ func TestBinaryManagedPostgresAndGracefulShutdown(t *testing.T) {
 	}
 	_, st1, _ := call(t, "GET", admin+"/api/status", nil)
 
+	// One-off commands on the running node's data directory use its
+	// Postgres; they must not stop it. A second node there is refused.
+	env := func(extra ...string) []string {
+		var out []string
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "DB_") && !strings.HasPrefix(kv, "PG") {
+				out = append(out, kv)
+			}
+		}
+		return append(append(out, "ISEKAI_DATA_DIR="+data), extra...)
+	}
+	replay := exec.Command(bin, "replay")
+	replay.Env = env()
+	if out, err := replay.CombinedOutput(); err != nil || !strings.Contains(string(out), "/slow") {
+		t.Fatalf("replay beside a running node: %v\n%s", err, out)
+	}
+	second := exec.Command(bin, "serve")
+	second.Env = env("SERVER_PORT=0", "ADMIN_PORT=0")
+	if out, err := second.CombinedOutput(); err == nil || !strings.Contains(string(out), "ISEKAI_DATA_DIR") {
+		t.Fatalf("second node on the same data directory: %v\n%s", err, out)
+	}
+	if status, res, _ := call(t, "POST", admin+"/api/routes", map[string]any{"path": "/after-replay", "target_url": slow.URL}); status != 201 {
+		t.Fatalf("node's database after replay and a refused second node: %d %+v", status, res)
+	}
+
 	done := make(chan string, 1)
 	go func() {
 		code, body := get(proxy + "/slow")

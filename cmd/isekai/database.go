@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,8 +23,11 @@ type database struct {
 }
 
 // openDatabase opens the node's database and applies the migrations to it.
-func openDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*database, error) {
-	db, err := startDatabase(ctx, cfg, log)
+// A serving node owns its managed Postgres; a one-off command (attach) uses
+// the one a running node on the same data directory manages, if any,
+// instead of starting its own.
+func openDatabase(ctx context.Context, cfg Config, log *slog.Logger, attach bool) (*database, error) {
+	db, err := startDatabase(ctx, cfg, log, attach)
 	if err != nil {
 		return nil, err
 	}
@@ -34,12 +38,16 @@ func openDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*database,
 	return db, nil
 }
 
-func startDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*database, error) {
+func startDatabase(ctx context.Context, cfg Config, log *slog.Logger, attach bool) (*database, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
 	if cfg.DatabaseURL != "" {
 		return &database{url: cfg.DatabaseURL}, nil
+	}
+	if port, ok := pglocal.Running(cfg.DataDir); ok && attach {
+		log.Info("using the managed Postgres of the node running on this data directory", "port", port)
+		return &database{url: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", port, pglocal.DefaultDatabase)}, nil
 	}
 	log.Info("no DATABASE_URL or DB_* set: starting a managed local Postgres", "dir", cfg.DataDir)
 	srv, err := pglocal.Start(ctx, pglocal.Config{
@@ -47,6 +55,9 @@ func startDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*database
 		Port: cfg.ManagedPGPort,
 		Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
 	})
+	if errors.Is(err, pglocal.ErrInUse) {
+		return nil, fmt.Errorf("another isekai node is running with ISEKAI_DATA_DIR=%s: give each node its own data directory, and share one database through DATABASE_URL (%w)", cfg.DataDir, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +109,7 @@ func newPool(ctx context.Context, cfg Config, url string) (*pgxpool.Pool, error)
 }
 
 func migrateCmd(ctx context.Context, cfg Config, log *slog.Logger) error {
-	db, err := openDatabase(ctx, cfg, log)
+	db, err := openDatabase(ctx, cfg, log, true)
 	if err != nil {
 		return err
 	}
@@ -113,7 +124,7 @@ func postgresCmd(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Wr
 	if cfg.DatabaseURL != "" {
 		return fmt.Errorf("isekai postgres manages a local server; unset DATABASE_URL and DB_*")
 	}
-	db, err := openDatabase(ctx, cfg, log)
+	db, err := openDatabase(ctx, cfg, log, false)
 	if err != nil {
 		return err
 	}

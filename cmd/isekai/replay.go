@@ -27,7 +27,7 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 	if *at < 0 {
 		return fmt.Errorf("--at must be a position >= 0")
 	}
-	db, err := openDatabase(ctx, cfg, log)
+	db, err := openDatabase(ctx, cfg, log, true)
 	if err != nil {
 		return err
 	}

@@ -60,7 +60,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			}
 		}
 	}()
-	db, err := openDatabase(ctx, cfg, log)
+	db, err := openDatabase(ctx, cfg, log, false)
 	if err != nil {
 		return nil, err
 	}

@@ -189,6 +189,9 @@ func (s *Server) clearStaleLock(ctx context.Context) error {
 	case procGone, procUnknown:
 		return nil
 	case procOurPostmaster:
+		if owner, alive := parentAlive(pid); alive {
+			return fmt.Errorf("%w: postgres pid %d, started by the running process %d", ErrInUse, pid, owner)
+		}
 		s.logf("pglocal: stopping postgres (pid %d) left running on %s by a previous run", pid, s.dataDir)
 		cmd := s.user.command(ctx, s.bins.pgCtl, "stop", "-D", s.dataDir, "-m", "fast", "-w", "-t", "60")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -252,6 +255,62 @@ func processState(pid int, dataDir string) procState {
 		return procOurPostmaster
 	}
 	return procOther
+}
+
+// parentAlive reports the parent of pid and whether it is a live process
+// other than init: a postmaster whose starter still runs is in use, not a
+// leftover (a starter that dies takes its postmaster with it, see
+// process.start, so leftovers are reparented).
+func parentAlive(pid int) (int, bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 2 {
+		return 0, false
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil || ppid <= 1 {
+		return ppid, false
+	}
+	if processState(ppid, "") == procGone {
+		return ppid, false
+	}
+	return ppid, true
+}
+
+// Running reports the port of a server that another live process runs on
+// the cluster under dir (as Config.Dir), so that a short-lived command can
+// use it instead of starting its own.
+func Running(dir string) (port int, ok bool) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return 0, false
+	}
+	dataDir := filepath.Join(abs, "pgdata")
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	// postmaster.pid: pid, data directory, start time, port, ...
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 4 {
+		return 0, false
+	}
+	pid, err1 := strconv.Atoi(strings.TrimSpace(lines[0]))
+	port, err2 := strconv.Atoi(strings.TrimSpace(lines[3]))
+	if err1 != nil || err2 != nil || processState(pid, dataDir) != procOurPostmaster {
+		return 0, false
+	}
+	if _, alive := parentAlive(pid); !alive {
+		return 0, false
+	}
+	return port, true
 }
 
 // logTail returns the end of the server log written since offset, indented,

@@ -80,6 +80,10 @@ type Config struct {
 // reservedSettings are set by pglocal itself.
 var reservedSettings = []string{"port", "listen_addresses", "unix_socket_directories", "data_directory"}
 
+// ErrInUse is returned by Start when another live process runs a server on
+// the same cluster (another node given the same data directory).
+var ErrInUse = errors.New("the data directory's postgres is in use by another process")
+
 // errPortInUse marks a start that failed because another process holds the
 // port, so that Start can pick another free one.
 var errPortInUse = errors.New("port already in use")
