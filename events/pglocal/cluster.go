@@ -169,7 +169,9 @@ func clusterVersion(dataDir string) string {
 // memory, so we leave that case to it). It is fooled when the PID has been
 // reused by an unrelated process, which is common after a reboot or a
 // container restart; we remove such a file. A live postmaster on our data
-// directory is an orphan of a previous run: we stop it with pg_ctl.
+// directory whose starter has died is an orphan of a previous run: we stop it
+// with pg_ctl. One whose starter lives is in use (another node given the
+// same data directory): ErrInUse.
 func (s *Server) clearStaleLock(ctx context.Context) error {
 	path := filepath.Join(s.dataDir, "postmaster.pid")
 	b, err := os.ReadFile(path)

@@ -283,18 +283,33 @@ func TestStartAfterCrash(t *testing.T) {
 		}
 	})
 
-	t.Run("postmaster left running by a previous run", func(t *testing.T) {
-		// Lose the handle, as a crashed isekai would.
+	t.Run("postmaster of a live process is not taken over", func(t *testing.T) {
+		// Lose the handle while this process, its starter, lives on: the
+		// server is in use (another node on the same data directory), not a
+		// leftover. A leftover's starter is gone: it dies with its starter.
 		s.life.Lock()
-		orphan := s.proc
+		running := s.proc
 		s.proc = nil
 		s.life.Unlock()
-		s2 := startServer(t, Config{Dir: dir, Settings: crashSafe})
-		select {
-		case <-orphan.done:
-		default:
-			t.Fatal("the orphaned postmaster is still running")
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if _, err := Start(ctx, Config{Dir: dir, Settings: crashSafe}); !errors.Is(err, ErrInUse) {
+			t.Fatalf("Start on a data directory in use: %v, want ErrInUse", err)
 		}
+		select {
+		case <-running.done:
+			t.Fatal("Start stopped a server another process runs")
+		default:
+		}
+		if port, ok := Running(dir); !ok || port != s.Port() {
+			t.Errorf("Running = %d, %v; want %d, true", port, ok, s.Port())
+		}
+		_ = running.cmd.Process.Signal(os.Interrupt)
+		<-running.done
+		if _, ok := Running(dir); ok {
+			t.Error("Running reports a stopped server")
+		}
+		s2 := startServer(t, Config{Dir: dir, Settings: crashSafe})
 		if n := countKept(t, s2); n != 1 {
 			t.Errorf("kept has %d rows, want 1", n)
 		}
