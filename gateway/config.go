@@ -81,6 +81,13 @@ type Config struct {
 	// (SERVER_CONCURRENCY, default fasthttp's 256 Ki).
 	Concurrency int
 
+	// Recorder receives a Record of every request the gateway answers, for
+	// the request log (REQUEST_LOG_ENABLED, default on); nil records
+	// nothing. LogQuery includes query strings in records
+	// (REQUEST_LOG_QUERY, default off: they often carry secrets).
+	Recorder Recorder
+	LogQuery bool
+
 	// Logger receives lifecycle events and upstream failures (at Debug);
 	// nil means slog.Default(). Nothing is logged per successful request.
 	Logger *slog.Logger

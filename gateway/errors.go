@@ -189,6 +189,7 @@ func (s *Server) handlerError(c *fiber.Ctx, err error) error {
 // read or parsed; fasthttp closes the connection after it.
 func (s *Server) readError(ctx *fasthttp.RequestCtx, err error) {
 	writeFailure(ctx, serverFailure(err), nil)
+	s.record(ctx, nil, &logState{start: time.Now(), client: peerAddr(ctx)})
 }
 
 // logUpstreamFailure records why an upstream exchange failed, at Debug so

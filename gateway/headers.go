@@ -301,7 +301,7 @@ func scanRequest(h *fasthttp.RequestHeader, sc *scratch, trusted bool) {
 // knows; the upstream sees HTTP/1.1 on a persistent connection whatever the
 // client spoke. The client connection's own fate was decided by fasthttp
 // before the handler ran.
-func (s *Server) rewriteRequest(ctx *fasthttp.RequestCtx, sc *scratch, peer netip.Addr, trusted bool) {
+func (s *Server) rewriteRequest(ctx *fasthttp.RequestCtx, sc *scratch, peer, client netip.Addr, trusted bool) {
 	h := &ctx.Request.Header
 	for k := kindConnection; k <= kindExpect; k++ {
 		if !sc.has(k) {
@@ -335,9 +335,8 @@ func (s *Server) rewriteRequest(ctx *fasthttp.RequestCtx, sc *scratch, peer neti
 	}
 
 	// X-Forwarded-For: append to a trusted chain, start a new one otherwise.
-	client := peer
+	// The client was resolved from the same chain by proxy.
 	if trusted && len(sc.xff) > 0 {
-		client = s.clientFromChain(peer, sc.xff)
 		sc.xff = append(sc.xff, strCommaSpace...)
 	} else {
 		sc.xff = sc.xff[:0]

@@ -17,6 +17,8 @@ import (
 func (s *Server) proxy(ctx *fasthttp.RequestCtx, method string) {
 	sc := acquireScratch()
 	defer releaseScratch(sc)
+	ls := logState{start: time.Now()}
+	defer s.record(ctx, sc, &ls)
 	req := &ctx.Request
 
 	http10 := !req.Header.IsHTTP11() // before the rewrite makes it HTTP/1.1
@@ -25,6 +27,10 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, method string) {
 	scanRequest(&req.Header, sc, trusted)
 	if !validRequestID(sc.reqID) {
 		sc.reqID = appendNewRequestID(sc.reqID[:0])
+	}
+	ls.client = peer
+	if trusted && len(sc.xff) > 0 {
+		ls.client = s.clientFromChain(peer, sc.xff)
 	}
 
 	table := s.routes()
@@ -35,11 +41,19 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, method string) {
 	uri := req.URI()
 	sc.host = appendMatchHost(sc.host[:0], uri.Host())
 	path := uri.Path()
+	if s.cfg.Recorder != nil {
+		// Copied now: the rewrite below reuses the URI's buffers.
+		ls.path = string(path)
+		if s.cfg.LogQuery {
+			ls.query = string(uri.QueryString())
+		}
+	}
 	route, matched, ok := table.Match(b2s(sc.host), method, b2s(path))
 	if !ok || route == nil {
 		writeFailure(ctx, failRouteNotFound, sc.reqID)
 		return
 	}
+	ls.route, ls.upstream = route.ID, route.TargetURL
 	target := route.Target()
 	if target.Addr == "" {
 		s.log.Error("gateway matched a route without a compiled target", "route", route.ID)
@@ -57,6 +71,7 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, method string) {
 		// counting what a chunked body has not declared.
 		sc.body = requestBody{r: req.BodyStream(), left: int64(s.cfg.MaxBodyBytes), limit: cl < 0}
 		req.SetBodyStream(&sc.body, cl)
+		ls.bodyStream = true
 	}
 
 	// The upstream path and query first: path aliases the URI's buffers.
@@ -68,7 +83,7 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, method string) {
 	if target.Query != "" {
 		sc.query = appendQuery(sc.query[:0], target.Query, uri.QueryString())
 	}
-	s.rewriteRequest(ctx, sc, peer, trusted)
+	s.rewriteRequest(ctx, sc, peer, ls.client, trusted)
 	uri.DisablePathNormalizing = true // send sc.path exactly as built
 	uri.SetPathBytes(sc.path)
 	if target.Query != "" {
@@ -94,8 +109,12 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, method string) {
 		x.bufferUnknown = s.cfg.MaxBodyBytes
 	}
 	err := up.roundTrip(req, &ctx.Response, x)
+	ls.upLatency = time.Since(start)
 	if sc.body.r != nil {
 		_ = req.CloseBodyStream()
+	}
+	if err == nil {
+		ls.upStatus = ctx.Response.StatusCode()
 	}
 	if err != nil {
 		s.logUpstreamFailure(route.ID, target.Addr, time.Since(start), err)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/valyala/fasthttp"
@@ -160,8 +161,10 @@ func (s *Server) serveHTTP(ctx *fasthttp.RequestCtx) {
 		// Never proxied: CONNECT would turn the gateway into a tunnel, and
 		// TRACE echoes headers back (cross-site tracing).
 		writeFailure(ctx, failMethodNotAllowed, nil)
+		s.record(ctx, nil, &logState{start: time.Now(), client: peerAddr(ctx)})
 	default:
 		writeFailure(ctx, failNotImplemented, nil)
+		s.record(ctx, nil, &logState{start: time.Now(), client: peerAddr(ctx)})
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/zakirkun/isekai/events"
 )
 
 // Config is the node's configuration, read from the environment once at
@@ -75,6 +77,15 @@ type Config struct {
 	ManagedPGPort int
 	// PollInterval is the listener's safety poll (ISEKAI_POLL_INTERVAL, 5s).
 	PollInterval time.Duration
+	// RequestLog configures the request log written to Postgres through
+	// COPY (REQUEST_LOG_ENABLED, default true; REQUEST_LOG_QUERY records
+	// query strings, default false; REQUEST_LOG_BATCH_SIZE 5000,
+	// REQUEST_LOG_FLUSH_INTERVAL 200ms, REQUEST_LOG_QUEUE_SIZE 65536,
+	// REQUEST_LOG_SPOOL_BYTES 268435456, REQUEST_LOG_RETENTION 168h,
+	// REQUEST_LOG_SAMPLE_RATE 1.0). The spool lives in DataDir.
+	RequestLogEnabled bool
+	RequestLogQuery   bool
+	RequestLog        events.RequestLogConfig
 	// LogLevel is debug, info, warn or error (LOG_LEVEL, info); LogFormat
 	// is text or json (LOG_FORMAT, text).
 	LogLevel  slog.Level
@@ -109,6 +120,16 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		LogFormat:           p.str("LOG_FORMAT", "text"),
 	}
 	c.TrustedProxies = p.prefixes("TRUSTED_PROXIES")
+	c.RequestLogEnabled = p.boolean("REQUEST_LOG_ENABLED", true)
+	c.RequestLogQuery = p.boolean("REQUEST_LOG_QUERY", false)
+	c.RequestLog = events.RequestLogConfig{
+		BatchSize:     p.intRange("REQUEST_LOG_BATCH_SIZE", events.DefaultRequestLogBatchSize, 1, 100000),
+		FlushInterval: p.duration("REQUEST_LOG_FLUSH_INTERVAL", events.DefaultRequestLogFlushInterval),
+		QueueSize:     p.intRange("REQUEST_LOG_QUEUE_SIZE", events.DefaultRequestLogQueueSize, 1, 1<<24),
+		SpoolMaxBytes: int64(p.intRange("REQUEST_LOG_SPOOL_BYTES", events.DefaultRequestLogSpoolMaxBytes, 0, 1<<40)),
+		Retention:     p.duration("REQUEST_LOG_RETENTION", events.DefaultRequestLogRetention),
+		SampleRate:    p.fraction("REQUEST_LOG_SAMPLE_RATE", 1),
+	}
 	c.DatabaseURL = p.databaseURL()
 	switch lvl := strings.ToLower(p.str("LOG_LEVEL", "info")); lvl {
 	case "debug":
@@ -176,6 +197,34 @@ func (p *envParser) intRange(name string, def, lo, hi int) int {
 		return def
 	}
 	return n
+}
+
+func (p *envParser) boolean(name string, def bool) bool {
+	switch v := strings.ToLower(strings.TrimSpace(p.getenv(name))); v {
+	case "":
+		return def
+	case "1", "true", "yes", "on":
+		return true
+	case "0", "false", "no", "off":
+		return false
+	default:
+		p.fail(name, "must be true or false, not %q", v)
+		return def
+	}
+}
+
+// fraction is a number in (0, 1].
+func (p *envParser) fraction(name string, def float64) float64 {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(f > 0 && f <= 1) {
+		p.fail(name, "must be a number in (0, 1], not %q", v)
+		return def
+	}
+	return f
 }
 
 func (p *envParser) port(name string, def int) int { return p.intRange(name, def, 0, 65535) }

@@ -49,8 +49,8 @@ func (n *node) wait() error {
 
 // startNode opens the database, migrates, follows the log and opens both
 // listeners; when ctx ends it shuts down in order: stop accepting and drain
-// in-flight requests, stop following the log, close the pool, stop a managed
-// Postgres.
+// in-flight requests, flush the request log, stop following the log, close
+// the pool, stop a managed Postgres.
 func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err error) {
 	var cleanup []func()
 	defer func() {
@@ -99,6 +99,25 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	cleanup = append(cleanup, listener.Stop)
 	waitCaughtUp(ctx, listener, startupCatchUp, log)
 
+	var recorder gateway.Recorder
+	var requestLog *events.RequestLogWriter
+	if cfg.RequestLogEnabled {
+		rc := cfg.RequestLog
+		rc.SpoolDir = events.RequestLogSpoolDir(cfg.DataDir)
+		rc.NodeID = id
+		rc.Logger = log
+		if requestLog, err = events.NewRequestLogWriter(pool, rc); err != nil {
+			return nil, err
+		}
+		// Started on its own context: the final drain happens in the
+		// shutdown sequence below, after the proxy has drained.
+		if err := requestLog.Start(context.WithoutCancel(ctx)); err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { _ = requestLog.Stop(context.Background()) })
+		recorder = requestLogRecorder{w: requestLog, node: id}
+	}
+
 	gw, err := gateway.New(gateway.Config{
 		ReadTimeout:         cfg.ReadTimeout,
 		WriteTimeout:        cfg.WriteTimeout,
@@ -110,6 +129,8 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		Concurrency:         cfg.Concurrency,
 		MaxConnsPerTarget:   cfg.UpstreamMaxConns,
 		UpstreamIdleTimeout: cfg.UpstreamIdleTimeout,
+		Recorder:            recorder,
+		LogQuery:            cfg.RequestLogQuery,
 		Logger:              log,
 	}, func() gateway.Routes { return routes.Table() })
 	if err != nil {
@@ -121,7 +142,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		Logger:  log,
 		Features: map[string]bool{
 			"auth": false, "rate_limit": false, "load_balancing": false, "circuit_breaker": false,
-			"metrics": false, "tracing": false, "websocket": false, "cache": false, "request_log": false,
+			"metrics": false, "tracing": false, "websocket": false, "cache": false, "request_log": cfg.RequestLogEnabled,
 		},
 	}, store, routes, listener)
 	if err != nil {
@@ -154,6 +175,13 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	go func() {
 		defer close(n.done)
 		n.err = g.Wait()
+		if requestLog != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			if err := requestLog.Stop(sctx); err != nil {
+				log.Error("request log: entries lost at shutdown", "err", err)
+			}
+			cancel()
+		}
 		listener.Stop()
 		pool.Close()
 		db.close(log)
