@@ -5,6 +5,9 @@
 //	-mode propagation: appends K route changes through one node's admin API
 //	  and, for each, times how long until every node's proxy serves it
 //	  (p50/p99/max, from the write's request and from its response);
+//	-mode outage: proxies a steady request rate through one node, stops
+//	  Postgres for a while in the middle, starts it again, and counts the
+//	  requests missing from request_logs;
 //	-mode churn: loads N routes, then measures proxy latency (p50/p99/max)
 //	  on one route with and without continuous route churn, and how long
 //	  a node takes to rebuild an N-route table.
@@ -42,7 +45,9 @@ import (
 var client = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
 
 func main() {
-	mode := flag.String("mode", "propagation", "propagation or churn")
+	mode := flag.String("mode", "propagation", "propagation, churn or outage")
+	outage := flag.Duration("outage", 30*time.Second, "how long Postgres is down (outage)")
+	reqRate := flag.Int("req-rate", 1000, "proxied requests per second (outage)")
 	bin := flag.String("bin", "bin/isekai", "isekai binary")
 	k := flag.Int("k", 200, "route changes to time (propagation)")
 	nroutes := flag.Int("routes", 10000, "routes in the table (churn)")
@@ -64,7 +69,7 @@ func main() {
 
 	backend := startBackend()
 	nodes := 3
-	if *mode == "churn" {
+	if *mode == "churn" || *mode == "outage" {
 		nodes = 1
 	}
 	var procs []*proc
@@ -76,6 +81,8 @@ func main() {
 	switch *mode {
 	case "propagation":
 		propagation(procs, backend, *k)
+	case "outage":
+		outageRun(ctx, pg, db, procs[0], backend, *reqRate, *outage)
 	case "churn":
 		churn(ctx, db, procs[0], backend, *nroutes, *dur, *rate)
 	default:
@@ -350,4 +357,76 @@ func load(url string, d time.Duration, stop chan struct{}) []time.Duration {
 		close(stop)
 	}
 	return all
+}
+
+// outageRun: a steady rate of uniquely tagged requests for 5 s, then with
+// Postgres stopped for d, then 10 s more; then every request must be in
+// request_logs (spooled during the outage, replayed after).
+func outageRun(ctx context.Context, pg *pglocal.Server, db string, n *proc, backend string, rate int, d time.Duration) {
+	status, body := post("POST", n.admin+"/api/routes", map[string]any{"path": "/o", "target_url": backend})
+	if status != 201 {
+		log.Fatalf("create: %d %s", status, body)
+	}
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		var inflight sync.WaitGroup
+		defer inflight.Wait()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			inflight.Add(1)
+			go func() {
+				defer inflight.Done()
+				req, _ := http.NewRequest("GET", n.proxy+"/o/x", nil)
+				req.Header.Set("X-Request-ID", fmt.Sprintf("outage-%d", i))
+				resp, err := client.Do(req)
+				if err != nil || resp.StatusCode != 200 {
+					failed.Add(1)
+				}
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				sent.Add(1)
+			}()
+		}
+	}()
+	time.Sleep(5 * time.Second)
+	check(pg.Stop())
+	fmt.Printf("postgres stopped at %d requests\n", sent.Load())
+	time.Sleep(d)
+	check(pg.Start(ctx))
+	fmt.Printf("postgres started again at %d requests\n", sent.Load())
+	time.Sleep(10 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	pool, err := pgxpool.New(ctx, db)
+	check(err)
+	defer pool.Close()
+	var rows, distinct int64
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		check(pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT request_id) FROM request_logs WHERE request_id LIKE 'outage-%'`).Scan(&rows, &distinct))
+		if rows >= sent.Load() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	resp, err := client.Get(n.admin + "/api/status")
+	check(err)
+	st, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Printf("outage of %v at %d req/s: %d requests sent (%d failed), %d logged (%d distinct), %d lost\n",
+		d, rate, sent.Load(), failed.Load(), rows, distinct, sent.Load()-distinct)
+	fmt.Printf("node status: %s\n", st)
 }
