@@ -27,6 +27,12 @@ type Config struct {
 	Features map[string]bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// RequestLogs serves /api/logs and /api/routes/{id}/stats; nil when
+	// request logging is off.
+	RequestLogs RequestLogs
+	// RequestLogStats reports the request-log pipeline's counters in
+	// /api/status; nil when request logging is off.
+	RequestLogStats func() events.RequestLogStats
 }
 
 // RouteReader is the read side of the node's route projection.
@@ -97,6 +103,7 @@ func New(cfg Config, store events.Store, routes RouteReader, sync SyncState) (*S
 	api.Delete("/routes/:id", s.deleteRoute)
 	api.Get("/routes/:id/history", s.routeHistory)
 	api.Get("/events", s.listEvents)
+	s.mountLogs(api)
 	s.app.Use(func(c *fiber.Ctx) error { return fiber.ErrNotFound })
 	return s, nil
 }

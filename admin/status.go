@@ -27,20 +27,42 @@ func (s *Server) ready(c *fiber.Ctx) error {
 }
 
 type statusBody struct {
-	NodeID            string          `json:"node_id"`
-	Version           string          `json:"version"`
-	StartedAt         time.Time       `json:"started_at"`
-	UptimeSeconds     float64         `json:"uptime_seconds"`
-	AppliedPosition   int64           `json:"applied_position"`
-	HeadPosition      *int64          `json:"head_position"`
-	Lag               *int64          `json:"lag"`
-	Database          string          `json:"database"`
-	ListenerConnected bool            `json:"listener_connected"`
-	CaughtUp          bool            `json:"caught_up"`
-	LastError         string          `json:"last_error,omitempty"`
-	Routes            int             `json:"routes"`
-	Conflicts         any             `json:"conflicts"`
-	Features          map[string]bool `json:"features"`
+	NodeID            string            `json:"node_id"`
+	Version           string            `json:"version"`
+	StartedAt         time.Time         `json:"started_at"`
+	UptimeSeconds     float64           `json:"uptime_seconds"`
+	AppliedPosition   int64             `json:"applied_position"`
+	HeadPosition      *int64            `json:"head_position"`
+	Lag               *int64            `json:"lag"`
+	Database          string            `json:"database"`
+	ListenerConnected bool              `json:"listener_connected"`
+	CaughtUp          bool              `json:"caught_up"`
+	LastError         string            `json:"last_error,omitempty"`
+	Routes            int               `json:"routes"`
+	Conflicts         any               `json:"conflicts"`
+	Features          map[string]bool   `json:"features"`
+	RequestLog        *requestLogStatus `json:"request_log,omitempty"`
+}
+
+// requestLogStatus is the request-log pipeline as /api/status shows it.
+type requestLogStatus struct {
+	Enqueued         uint64  `json:"enqueued"`
+	SampledOut       uint64  `json:"sampled_out"`
+	Written          uint64  `json:"written"`
+	Spooled          uint64  `json:"spooled"`
+	Replayed         uint64  `json:"replayed"`
+	Dropped          uint64  `json:"dropped"`
+	DroppedQueueFull uint64  `json:"dropped_queue_full"`
+	DroppedSpoolFull uint64  `json:"dropped_spool_full"`
+	DroppedBadRow    uint64  `json:"dropped_bad_row"`
+	Batches          uint64  `json:"batches"`
+	CopyErrors       uint64  `json:"copy_errors"`
+	LastBatchSize    int     `json:"last_batch_size"`
+	LastFlushMillis  float64 `json:"last_flush_ms"`
+	QueueLen         int     `json:"queue_len"`
+	QueueCap         int     `json:"queue_cap"`
+	SpoolBytes       int64   `json:"spool_bytes"`
+	DatabaseUp       bool    `json:"database_up"`
 }
 
 func (s *Server) status(c *fiber.Ctx) error {
@@ -59,6 +81,16 @@ func (s *Server) status(c *fiber.Ctx) error {
 	} else {
 		lag := max(head-t.Position(), 0)
 		out.HeadPosition, out.Lag = &head, &lag
+	}
+	if s.cfg.RequestLogStats != nil {
+		st := s.cfg.RequestLogStats()
+		out.RequestLog = &requestLogStatus{
+			Enqueued: st.Enqueued, SampledOut: st.SampledOut, Written: st.Written, Spooled: st.Spooled, Replayed: st.Replayed,
+			Dropped: st.Dropped.Total(), DroppedQueueFull: st.Dropped.QueueFull, DroppedSpoolFull: st.Dropped.SpoolFull,
+			DroppedBadRow: st.Dropped.BadRow, Batches: st.Batches, CopyErrors: st.CopyErrors, LastBatchSize: st.LastBatchSize,
+			LastFlushMillis: float64(st.LastFlushDuration) / float64(time.Millisecond), QueueLen: st.QueueLen,
+			QueueCap: st.QueueCap, SpoolBytes: st.SpoolBytes, DatabaseUp: st.DatabaseUp,
+		}
 	}
 	if out.Features == nil {
 		out.Features = map[string]bool{}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -27,14 +28,21 @@ func TestRequestLogBurst(t *testing.T) {
 	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(1500 * time.Millisecond) })
 	failSrv, slowSrv := serveHTTP(t, fail), serveHTTP(t, slow)
 	admin := "http://" + n.adminAddr
+	var okID string
 	for _, r := range []map[string]any{
 		{"path": "/ok", "target_url": up.URL},
 		{"path": "/fail", "target_url": failSrv},
 		{"path": "/dead", "target_url": "http://127.0.0.1:1"},
 		{"path": "/slow", "target_url": slowSrv, "timeout": 1},
 	} {
-		if status, res, _ := call(t, "POST", admin+"/api/routes", r); status != 201 {
+		status, res, _ := call(t, "POST", admin+"/api/routes", r)
+		if status != 201 {
 			t.Fatalf("create %v: %d %+v", r["path"], status, res)
+		}
+		if okID == "" {
+			var created struct{ ID string }
+			_ = json.Unmarshal(res.Data, &created)
+			okID = created.ID
 		}
 	}
 	proxy := "http://" + n.proxyAddr
@@ -134,6 +142,37 @@ func TestRequestLogBurst(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("statuses logged %v, want %v", got, want)
 	}
+	// The same through the admin API.
+	status, res, _ := call(t, "GET", admin+"/api/routes/"+okID+"/stats?window=15m", nil)
+	var stats struct {
+		Requests int64            `json:"requests"`
+		ByClass  map[string]int64 `json:"by_class"`
+	}
+	_ = json.Unmarshal(res.Data, &stats)
+	if status != 200 || stats.Requests != int64(want[200]) || stats.ByClass["2xx"] != int64(want[200]) {
+		t.Errorf("route stats: %d %s", status, res.Data)
+	}
+	status, res, _ = call(t, "GET", admin+"/api/logs?status=404&limit=5", nil)
+	var logs []struct {
+		Status int    `json:"status"`
+		Path   string `json:"path"`
+	}
+	_ = json.Unmarshal(res.Data, &logs)
+	if status != 200 || len(logs) != 5 || logs[0].Status != 404 || logs[0].Path != "/nowhere" {
+		t.Errorf("logs: %d %s", status, res.Data)
+	}
+	_, st, _ := call(t, "GET", admin+"/api/status", nil)
+	var rl struct {
+		RequestLog struct {
+			Written uint64 `json:"written"`
+			Dropped uint64 `json:"dropped"`
+		} `json:"request_log"`
+	}
+	_ = json.Unmarshal(st.Data, &rl)
+	if rl.RequestLog.Written != uint64(rows) || rl.RequestLog.Dropped != 0 {
+		t.Errorf("status request_log: %s", st.Data)
+	}
+
 	var upstream500, nullRoute, withNode int
 	_ = pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE upstream_status = 500),
 		count(*) FILTER (WHERE route_id IS NULL), count(*) FILTER (WHERE node_id = 'log1') FROM request_logs`).Scan(&upstream500, &nullRoute, &withNode)

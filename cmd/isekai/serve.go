@@ -136,7 +136,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	if err != nil {
 		return nil, err
 	}
-	adm, err := admin.New(admin.Config{
+	acfg := admin.Config{
 		NodeID:  id,
 		Version: version,
 		Logger:  log,
@@ -144,7 +144,12 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			"auth": false, "rate_limit": false, "load_balancing": false, "circuit_breaker": false,
 			"metrics": false, "tracing": false, "websocket": false, "cache": false, "request_log": cfg.RequestLogEnabled,
 		},
-	}, store, routes, listener)
+	}
+	if requestLog != nil {
+		acfg.RequestLogs = admin.PostgresRequestLogs{Pool: pool}
+		acfg.RequestLogStats = requestLog.Stats
+	}
+	adm, err := admin.New(acfg, store, routes, listener)
 	if err != nil {
 		return nil, err
 	}
