@@ -28,8 +28,10 @@ const (
 )
 
 func (s *Server) listRoutes(c *fiber.Ctx) error {
-	t := s.routes.Table()
-	c.Set(headerPosition, strconv.FormatInt(t.Position(), 10))
+	t, _, err := s.tableAt(c)
+	if err != nil {
+		return err
+	}
 	return ok(c, fiber.StatusOK, t.List())
 }
 
@@ -38,13 +40,19 @@ func (s *Server) getRoute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	t := s.routes.Table()
+	t, historical, err := s.tableAt(c)
+	if err != nil {
+		return err
+	}
 	r, found := t.Get(id)
 	if !found {
 		return errNotFound()
 	}
-	c.Set(fiber.HeaderETag, etag(r.Version))
-	c.Set(headerPosition, strconv.FormatInt(t.Position(), 10))
+	// An ETag is for If-Match on the next write: only the current version
+	// has one.
+	if !historical {
+		c.Set(fiber.HeaderETag, etag(r.Version))
+	}
 	return ok(c, fiber.StatusOK, r)
 }
 
@@ -208,18 +216,21 @@ func (s *Server) deleteRoute(c *fiber.Ctx) error {
 }
 
 // historyEntry is one version of a route as GET /api/routes/{id}/history
-// shows it: the event and the full spec after it (null after a delete).
+// shows it: the event, the full spec after it (null after a delete) and the
+// fields it changed (projections.DiffRoutes: a create lists its fields
+// from null, a delete its fields to null).
 type historyEntry struct {
-	Position  int64              `json:"position"`
-	Version   int64              `json:"version"`
-	Type      string             `json:"type"`
-	Actor     string             `json:"actor"`
-	Source    string             `json:"source"`
-	Reason    string             `json:"reason,omitempty"`
-	RequestID string             `json:"request_id,omitempty"`
-	Node      string             `json:"node,omitempty"`
-	Time      time.Time          `json:"time"`
-	Route     *projections.Route `json:"route"`
+	Position  int64                     `json:"position"`
+	Version   int64                     `json:"version"`
+	Type      string                    `json:"type"`
+	Actor     string                    `json:"actor"`
+	Source    string                    `json:"source"`
+	Reason    string                    `json:"reason,omitempty"`
+	RequestID string                    `json:"request_id,omitempty"`
+	Node      string                    `json:"node,omitempty"`
+	Time      time.Time                 `json:"time"`
+	Route     *projections.Route        `json:"route"`
+	Changes   []projections.FieldChange `json:"changes"`
 }
 
 func (s *Server) routeHistory(c *fiber.Ctx) error {
@@ -245,10 +256,10 @@ func (s *Server) routeHistory(c *fiber.Ctx) error {
 		}
 		m := ev.Metadata
 		out = append(out, historyEntry{Position: ev.Position, Version: ev.Version, Type: ev.Type, Actor: m.Actor, Source: m.Source,
-			Reason: m.Reason, RequestID: m.RequestID, Node: m.Node, Time: ev.CreatedAt, Route: r})
-		if r != nil {
-			prev = r
-		}
+			Reason: m.Reason, RequestID: m.RequestID, Node: m.Node, Time: ev.CreatedAt, Route: r, Changes: projections.DiffRoutes(prev, r)})
+		// After a delete the next event re-creates the route, as the
+		// projection folds it: from nothing.
+		prev = r
 	}
 	return ok(c, fiber.StatusOK, out)
 }

@@ -116,11 +116,34 @@ type eventsPage struct {
 
 const defaultEventsLimit, maxEventsLimit = 100, 1000
 
+// listEvents pages the log by position (after, next_after) and filters it by
+// stream, type, actor, created_at (since, until: RFC 3339, inclusive) and a
+// position range (from, to: inclusive).
 func (s *Server) listEvents(c *fiber.Ctx) error {
-	f := events.Filter{Stream: c.Query("stream"), Type: c.Query("type"), Limit: defaultEventsLimit}
+	f := events.Filter{Stream: c.Query("stream"), Type: c.Query("type"), Actor: c.Query("actor"), Limit: defaultEventsLimit}
 	var err error
 	if f.After, err = intParam(c, "after", 0, 0, 1<<62); err != nil {
 		return err
+	}
+	from, err := intParam(c, "from", 0, 1, 1<<62)
+	if err != nil {
+		return err
+	}
+	f.After = max(f.After, from-1)
+	if f.To, err = intParam(c, "to", 0, 1, 1<<62); err != nil {
+		return err
+	}
+	if from > 0 && f.To > 0 && f.To < from {
+		return errBadRequest("invalid_query", "to must not be less than from", projections.FieldError{Field: "to", Message: "must not be less than from"})
+	}
+	if f.Since, err = timeParam(c, "since"); err != nil {
+		return err
+	}
+	if f.Until, err = timeParam(c, "until"); err != nil {
+		return err
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && f.Until.Before(f.Since) {
+		return errBadRequest("invalid_query", "until must not be before since", projections.FieldError{Field: "until", Message: "must not be before since"})
 	}
 	limit, err := intParam(c, "limit", defaultEventsLimit, 1, maxEventsLimit)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Store is the event log. Implementations must pass the conformance suite in
@@ -46,9 +47,16 @@ type AppendResult struct {
 // Filter selects events for Read. Zero fields do not filter.
 type Filter struct {
 	After  int64  // positions greater than After
+	To     int64  // positions up to and including To
 	Limit  int    // at most Limit events; 0 means DefaultReadLimit
 	Stream string // exactly this stream
 	Type   string // exactly this type
+	Actor  string // exactly this Metadata.Actor
+	// Since and Until bound CreatedAt, both inclusive. Every event of one
+	// append shares its CreatedAt, and CreatedAt follows position order
+	// unless the database's clock steps back.
+	Since time.Time
+	Until time.Time
 }
 
 // DefaultReadLimit bounds a Read with no Limit; MaxReadLimit bounds any.

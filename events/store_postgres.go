@@ -109,6 +109,22 @@ func (s *PostgresStore) Read(ctx context.Context, f Filter) ([]Event, error) {
 		args = append(args, f.Type)
 		q += ` AND type = $` + strconv.Itoa(len(args))
 	}
+	if f.To > 0 {
+		args = append(args, f.To)
+		q += ` AND position <= $` + strconv.Itoa(len(args))
+	}
+	if f.Actor != "" {
+		args = append(args, f.Actor)
+		q += ` AND metadata->>'actor' = $` + strconv.Itoa(len(args))
+	}
+	if !f.Since.IsZero() {
+		args = append(args, f.Since)
+		q += ` AND created_at >= $` + strconv.Itoa(len(args))
+	}
+	if !f.Until.IsZero() {
+		args = append(args, f.Until)
+		q += ` AND created_at <= $` + strconv.Itoa(len(args))
+	}
 	args = append(args, limit)
 	q += ` ORDER BY position LIMIT $` + strconv.Itoa(len(args))
 	return s.query(ctx, "reading events", q, args...)

@@ -15,17 +15,21 @@ import (
 	"github.com/zakirkun/isekai/projections"
 )
 
-// replayCmd rebuilds the route table from the log, from scratch, up to --at,
-// and prints it.
+// replayCmd rebuilds the route table from the log, from scratch, up to --at
+// (a position, or an RFC 3339 time), and prints it.
 func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	at := fs.Int64("at", 0, "stop at this log position (0 = the head)")
+	atFlag := fs.String("at", "", "stop at this log position or RFC 3339 time (empty or 0 = the head)")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *at < 0 {
-		return fmt.Errorf("--at must be a position >= 0")
+	var at projections.At
+	if *atFlag != "" && *atFlag != "0" {
+		var err error
+		if at, err = projections.ParseAt(*atFlag); err != nil {
+			return fmt.Errorf("--at %w", err)
+		}
 	}
 	db, err := openDatabase(ctx, cfg, log, true)
 	if err != nil {
@@ -37,9 +41,20 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 		return err
 	}
 	defer pool.Close()
-	table, err := replay(ctx, events.NewPostgresStore(pool), *at)
+	store := events.NewPostgresStore(pool)
+	table, err := projections.Replay(ctx, store, at)
 	if err != nil {
 		return err
+	}
+	if at.Position > table.Position() {
+		// As the API does: a position the log has not reached names no table.
+		head, err := store.Head(ctx)
+		if err != nil {
+			return err
+		}
+		if at.Position > head {
+			return fmt.Errorf("--at %d is past the head of the log (%d)", at.Position, head)
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -50,38 +65,6 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 		}{table.Position(), table.List()})
 	}
 	return printTable(stdout, table)
-}
-
-// replay folds the log from position 0 up to at (0 = everything).
-func replay(ctx context.Context, store events.Store, at int64) (*projections.RouteTable, error) {
-	state := projections.NewRouteState()
-	var cursor int64
-	for {
-		evs, err := store.Read(ctx, events.Filter{After: cursor, Limit: events.MaxReadLimit})
-		if err != nil {
-			return nil, fmt.Errorf("replaying: %w", err)
-		}
-		for _, ev := range evs {
-			if at > 0 && ev.Position > at {
-				return build(state)
-			}
-			if err := state.Apply(ev); err != nil {
-				return nil, fmt.Errorf("replaying event %d: %w", ev.Position, err)
-			}
-			cursor = ev.Position
-		}
-		if len(evs) < events.MaxReadLimit {
-			return build(state)
-		}
-	}
-}
-
-func build(s *projections.RouteState) (*projections.RouteTable, error) {
-	t, err := s.Build()
-	if err != nil {
-		return nil, fmt.Errorf("building the route table: %w", err)
-	}
-	return t, nil
 }
 
 func printTable(w io.Writer, t *projections.RouteTable) error {

@@ -78,7 +78,9 @@ func TestReplayCommand(t *testing.T) {
 	if doc.Position != 1 || len(doc.Routes) != 1 || doc.Routes[0].ID != a.ID || !doc.Routes[0].Enabled || doc.Routes[0].Version != 1 {
 		t.Errorf("replay --at 1 --json: %+v", doc)
 	}
-	if code := run([]string{"replay", "--at", "-1"}, env, &out, &errOut); code == 0 {
-		t.Error("replay --at -1 succeeded")
+	for _, at := range []string{"-1", "99", "yesterday"} {
+		if code := run([]string{"replay", "--at", at}, env, &out, &errOut); code == 0 {
+			t.Errorf("replay --at %s succeeded", at)
+		}
 	}
 }

@@ -26,6 +26,7 @@ func Run(t *testing.T, newStore func(t *testing.T) events.Store) {
 	t.Run("IdempotentRetry", func(t *testing.T) { t.Parallel(); testIdempotent(t, newStore(t)) })
 	t.Run("CheckHead", func(t *testing.T) { t.Parallel(); testCheckHead(t, newStore(t)) })
 	t.Run("ReadFilters", func(t *testing.T) { t.Parallel(); testReadFilters(t, newStore(t)) })
+	t.Run("ReadFiltersByActorTimeAndRange", func(t *testing.T) { t.Parallel(); testReadFiltersAudit(t, newStore(t)) })
 	t.Run("InvalidEvents", func(t *testing.T) { t.Parallel(); testInvalid(t, newStore(t)) })
 	t.Run("ConcurrentAppendersAndFollower", func(t *testing.T) { t.Parallel(); testConcurrent(t, newStore(t)) })
 }
@@ -219,6 +220,82 @@ func testReadFilters(t *testing.T, s events.Store) {
 			}
 		}
 	}
+}
+
+// testReadFiltersAudit covers the audit filters: actor, created_at bounds
+// (inclusive) and the upper position bound, alone and combined with After
+// and Limit as a pager uses them.
+func testReadFiltersAudit(t *testing.T, s events.Store) {
+	var all []events.Event
+	for i := 0; i < 12; i++ {
+		p := ev(fmt.Sprintf("s%d", i%2), events.AnyVersion, "t", i)
+		p.Metadata.Actor = []string{"alice", "bob", "carol"}[i%3]
+		all = append(all, mustAppend(t, s, p).Events...)
+		// Separate the timestamps, so a time range can cut between events.
+		time.Sleep(2 * time.Millisecond)
+	}
+	since, until := all[3].CreatedAt, all[8].CreatedAt
+	if !since.Before(until) {
+		t.Fatalf("created_at does not advance: %v, %v", since, until)
+	}
+	for _, tc := range []struct {
+		name string
+		f    events.Filter
+		want func(e events.Event) bool
+	}{
+		{name: "actor", f: events.Filter{Actor: "bob"}, want: func(e events.Event) bool { return e.Metadata.Actor == "bob" }},
+		{name: "unknown actor", f: events.Filter{Actor: "mallory"}, want: func(events.Event) bool { return false }},
+		{name: "since", f: events.Filter{Since: since}, want: func(e events.Event) bool { return !e.CreatedAt.Before(since) }},
+		{name: "until", f: events.Filter{Until: until}, want: func(e events.Event) bool { return !e.CreatedAt.After(until) }},
+		{name: "since and until", f: events.Filter{Since: since, Until: until}, want: func(e events.Event) bool {
+			return !e.CreatedAt.Before(since) && !e.CreatedAt.After(until)
+		}},
+		{name: "until before the log", f: events.Filter{Until: all[0].CreatedAt.Add(-time.Hour)}, want: func(events.Event) bool { return false }},
+		{name: "to", f: events.Filter{To: 5}, want: func(e events.Event) bool { return e.Position <= 5 }},
+		{name: "after and to", f: events.Filter{After: 4, To: 9}, want: func(e events.Event) bool { return e.Position > 4 && e.Position <= 9 }},
+		{name: "to past head", f: events.Filter{To: 100}, want: func(events.Event) bool { return true }},
+		{name: "actor, stream and range", f: events.Filter{Actor: "alice", Stream: "s1", After: 1, To: 11}, want: func(e events.Event) bool {
+			return e.Metadata.Actor == "alice" && e.Stream == "s1" && e.Position > 1 && e.Position <= 11
+		}},
+	} {
+		got, err := s.Read(ctx(t), tc.f)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var want []int64
+		for _, e := range all {
+			if tc.want(e) {
+				want = append(want, e.Position)
+			}
+		}
+		if fmt.Sprint(positions(got)) != fmt.Sprint(want) {
+			t.Errorf("%s: got positions %v, want %v", tc.name, positions(got), want)
+		}
+	}
+	// Paging a filtered read with After and Limit visits each match once.
+	var paged []int64
+	for cursor := int64(0); ; {
+		page, err := s.Read(ctx(t), events.Filter{After: cursor, Limit: 2, Actor: "carol", To: 11})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		paged = append(paged, positions(page)...)
+		cursor = page[len(page)-1].Position
+	}
+	if fmt.Sprint(paged) != "[3 6 9]" {
+		t.Errorf("paged actor read = %v, want [3 6 9]", paged)
+	}
+}
+
+func positions(evs []events.Event) []int64 {
+	out := make([]int64, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, e.Position)
+	}
+	return out
 }
 
 func firstPos(evs []events.Event) any {
