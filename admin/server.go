@@ -33,6 +33,9 @@ type Config struct {
 	// RequestLogStats reports the request-log pipeline's counters in
 	// /api/status; nil when request logging is off.
 	RequestLogStats func() events.RequestLogStats
+	// Verifier serves GET /api/events/verify (e.g. PostgresVerifier); nil
+	// answers 501.
+	Verifier ChainVerifier
 }
 
 // RouteReader is the read side of the node's route projection.
@@ -102,6 +105,8 @@ func New(cfg Config, store events.Store, routes RouteReader, sync SyncState) (*S
 	api.Patch("/routes/:id", s.patchRoute)
 	api.Delete("/routes/:id", s.deleteRoute)
 	api.Get("/routes/:id/history", s.routeHistory)
+	api.Post("/routes/:id/revert", s.revertRoute)
+	api.Get("/events/verify", s.verifyEvents)
 	api.Get("/events", s.listEvents)
 	s.mountLogs(api)
 	s.app.Use(func(c *fiber.Ctx) error { return fiber.ErrNotFound })

@@ -24,9 +24,12 @@ const usage = `isekai - an API gateway whose configuration is an event log in Po
 Usage:
   isekai [serve]                 run a gateway node (the default)
   isekai migrate                 apply database migrations and exit
-  isekai replay [--at POSITION] [--json]
+  isekai replay [--at POSITION|TIME] [--json]
                                  rebuild the route table from the event log
                                  (up to POSITION) and print it
+  isekai events verify [--from N] [--to N]
+                                 check the log's hash chain; exits 1 and names
+                                 the first altered position if it was tampered
   isekai postgres                run only the managed local Postgres (under
                                  ISEKAI_DATA_DIR) and print its DATABASE_URL,
                                  for several nodes on one machine
@@ -51,7 +54,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
-	case "serve", "migrate", "replay", "postgres":
+	case "serve", "migrate", "replay", "postgres", "events":
 	default:
 		fmt.Fprintf(stderr, "isekai: unknown command %q\n\n%s", cmd, usage)
 		return 2
@@ -69,6 +72,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		err = migrateCmd(ctx, cfg, log)
 	case "postgres":
 		err = postgresCmd(ctx, cfg, log, stdout)
+	case "events":
+		err = eventsCmd(ctx, cfg, log, args, stdout)
 	case "replay":
 		err = replayCmd(ctx, cfg, log, args, stdout)
 	default:

@@ -145,6 +145,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			"metrics": false, "tracing": false, "websocket": false, "cache": false, "request_log": cfg.RequestLogEnabled,
 		},
 	}
+	acfg.Verifier = admin.PostgresVerifier{Pool: pool}
 	if requestLog != nil {
 		acfg.RequestLogs = admin.PostgresRequestLogs{Pool: pool}
 		acfg.RequestLogStats = requestLog.Stats
