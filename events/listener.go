@@ -224,10 +224,23 @@ func (l *Listener) session(ctx context.Context) error {
 // comes back short, i.e. the head is reached.
 func (l *Listener) catchUp(ctx context.Context) error {
 	for {
-		evs, err := l.cfg.Store.Read(ctx, Filter{After: l.cursor.Load(), Limit: l.cfg.BatchSize})
-		if err != nil {
-			l.setErr(err)
-			return err
+		// Full pages are gathered into one hand-over, up to maxHandOver
+		// events, so that an append of many events (a rollback, an apply)
+		// reaches the handler whole and a node swaps straight from the
+		// table before it to the table after it.
+		var evs []Event
+		full := false
+		for {
+			page, err := l.cfg.Store.Read(ctx, Filter{After: l.cursor.Load() + int64(len(evs)), Limit: l.cfg.BatchSize})
+			if err != nil {
+				l.setErr(err)
+				return err
+			}
+			evs = append(evs, page...)
+			full = len(page) == l.cfg.BatchSize
+			if !full || len(evs) >= maxHandOver {
+				break
+			}
 		}
 		if len(evs) > 0 {
 			if err := l.cfg.Handler(ctx, evs); err != nil {
@@ -239,13 +252,17 @@ func (l *Listener) catchUp(ctx context.Context) error {
 			l.cursor.Store(last)
 			l.raiseHead(last)
 		}
-		if len(evs) < l.cfg.BatchSize {
+		if !full {
 			l.caughtUp.Store(true)
 			l.setErr(nil)
 			return nil
 		}
 	}
 }
+
+// maxHandOver bounds the events handed to the handler at once. A single
+// append larger than this reaches a node in more than one step.
+const maxHandOver = 50000
 
 func (l *Listener) raiseHead(pos int64) {
 	for {

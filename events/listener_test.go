@@ -246,3 +246,44 @@ func TestListenerStopIsSafe(t *testing.T) {
 	l.Stop()
 	l.Stop()
 }
+
+// An append larger than a read page reaches the handler in one call: the
+// node swaps from the table before it straight to the table after it.
+func TestListenerHandsOverLargeAppendsWhole(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	var mu sync.Mutex
+	var calls [][2]int64
+	l := events.NewListener(events.ListenerConfig{
+		ConnConfig: pool.Config().ConnConfig, Store: s, PollInterval: time.Hour, BatchSize: 10,
+		Handler: func(_ context.Context, evs []events.Event) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls = append(calls, [2]int64{evs[0].Position, evs[len(evs)-1].Position})
+			return nil
+		},
+	})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	for !l.CaughtUp() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ps := make([]events.Proposed, 35)
+	for i := range ps {
+		ps[i] = events.Proposed{Stream: fmt.Sprintf("s%d", i), ExpectedVersion: events.NoStream, Type: "t", Data: json.RawMessage(`{}`)}
+	}
+	if _, err := s.Append(context.Background(), events.AppendRequest{Events: ps}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Cursor() < 35 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 1 || calls[0] != [2]int64{1, 35} {
+		t.Fatalf("handler calls %v, want one call with 1..35", calls)
+	}
+}
