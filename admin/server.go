@@ -36,6 +36,8 @@ type Config struct {
 	// Verifier serves GET /api/events/verify (e.g. PostgresVerifier); nil
 	// answers 501.
 	Verifier ChainVerifier
+	// Feed configures the /ws event feed; zero fields take its defaults.
+	Feed FeedConfig
 }
 
 // RouteReader is the read side of the node's route projection.
@@ -108,7 +110,11 @@ func New(cfg Config, store events.Store, routes RouteReader, sync SyncState) (*S
 	api.Post("/routes/:id/revert", s.revertRoute)
 	api.Get("/events/verify", s.verifyEvents)
 	api.Get("/events", s.listEvents)
+	api.Post("/config/rollback", s.rollback)
+	api.Get("/config/export", s.exportConfig)
+	api.Post("/config/apply", s.applyConfig)
 	s.mountLogs(api)
+	s.mountFeed(api)
 	s.app.Use(func(c *fiber.Ctx) error { return fiber.ErrNotFound })
 	return s, nil
 }

@@ -30,6 +30,13 @@ Usage:
   isekai events verify [--from N] [--to N]
                                  check the log's hash chain; exits 1 and names
                                  the first altered position if it was tampered
+  isekai export [--format json|yaml]
+                                 print the route table as a configuration
+                                 document
+  isekai apply -f FILE [--dry-run] [--prune=false]
+                                 make the table hold the document's routes,
+                                 in one transaction; prune deletes the others
+  isekai diff -f FILE            print what apply would change
   isekai postgres                run only the managed local Postgres (under
                                  ISEKAI_DATA_DIR) and print its DATABASE_URL,
                                  for several nodes on one machine
@@ -54,7 +61,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
-	case "serve", "migrate", "replay", "postgres", "events":
+	case "serve", "migrate", "replay", "postgres", "events", "export", "apply", "diff":
 	default:
 		fmt.Fprintf(stderr, "isekai: unknown command %q\n\n%s", cmd, usage)
 		return 2
@@ -76,6 +83,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		err = eventsCmd(ctx, cfg, log, args, stdout)
 	case "replay":
 		err = replayCmd(ctx, cfg, log, args, stdout)
+	case "export":
+		err = exportCmd(ctx, cfg, log, args, stdout)
+	case "apply", "diff":
+		err = applyCmd(ctx, cfg, log, args, stdout, cmd == "diff")
 	default:
 		err = serve(ctx, cfg, log)
 	}

@@ -142,7 +142,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		Logger:  log,
 		Features: map[string]bool{
 			"auth": false, "rate_limit": false, "load_balancing": false, "circuit_breaker": false,
-			"metrics": false, "tracing": false, "websocket": false, "cache": false, "request_log": cfg.RequestLogEnabled,
+			"metrics": false, "tracing": false, "websocket_proxy": false, "event_feed": true, "cache": false, "request_log": cfg.RequestLogEnabled,
 		},
 	}
 	acfg.Verifier = admin.PostgresVerifier{Pool: pool}
