@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"gopkg.in/yaml.v3"
 
 	"github.com/zakirkun/isekai/events"
@@ -125,15 +126,5 @@ func decodeConfigFile(name string, data []byte) ([]projections.ConfigEntry, erro
 
 // withStore opens the database as replay does and runs fn on its store.
 func withStore(ctx context.Context, cfg Config, log *slog.Logger, fn func(events.Store) error) error {
-	db, err := openDatabase(ctx, cfg, log, true)
-	if err != nil {
-		return err
-	}
-	defer db.close(log)
-	pool, err := newPool(ctx, cfg, db.url)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	return fn(events.NewPostgresStore(pool))
+	return withPool(ctx, cfg, log, func(pool *pgxpool.Pool) error { return fn(events.NewPostgresStore(pool)) })
 }

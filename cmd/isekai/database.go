@@ -133,3 +133,19 @@ func postgresCmd(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Wr
 	<-ctx.Done()
 	return nil
 }
+
+// withPool runs a one-off command's fn on a pool of the node's database
+// (attaching to a running node's managed Postgres when there is one).
+func withPool(ctx context.Context, cfg Config, log *slog.Logger, fn func(*pgxpool.Pool) error) error {
+	db, err := openDatabase(ctx, cfg, log, true)
+	if err != nil {
+		return err
+	}
+	defer db.close(log)
+	pool, err := newPool(ctx, cfg, db.url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return fn(pool)
+}

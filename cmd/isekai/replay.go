@@ -31,30 +31,20 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 			return fmt.Errorf("--at %w", err)
 		}
 	}
-	db, err := openDatabase(ctx, cfg, log, true)
-	if err != nil {
-		return err
-	}
-	defer db.close(log)
-	pool, err := newPool(ctx, cfg, db.url)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	store := events.NewPostgresStore(pool)
-	table, err := projections.Replay(ctx, store, at)
-	if err != nil {
-		return err
-	}
-	if at.Position > table.Position() {
-		// As the API does: a position the log has not reached names no table.
-		head, err := store.Head(ctx)
-		if err != nil {
+	var table *projections.RouteTable
+	err := withStore(ctx, cfg, log, func(store events.Store) (err error) {
+		if table, err = projections.Replay(ctx, store, at); err != nil {
 			return err
 		}
-		if at.Position > head {
-			return fmt.Errorf("--at %d is past the head of the log (%d)", at.Position, head)
+		if at.Position > table.Position() {
+			// As the API does: a position the log has not reached names no
+			// table.
+			return fmt.Errorf("--at %d is past the head of the log (%d)", at.Position, table.Position())
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

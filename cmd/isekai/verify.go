@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/zakirkun/isekai/events"
 )
 
@@ -27,17 +29,11 @@ func eventsCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	db, err := openDatabase(ctx, cfg, log, true)
-	if err != nil {
+	var res events.VerifyResult
+	err := withPool(ctx, cfg, log, func(pool *pgxpool.Pool) (err error) {
+		res, err = events.VerifyChain(ctx, pool, *from, *to)
 		return err
-	}
-	defer db.close(log)
-	pool, err := newPool(ctx, cfg, db.url)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	res, err := events.VerifyChain(ctx, pool, *from, *to)
+	})
 	if err != nil {
 		return err
 	}
