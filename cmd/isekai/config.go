@@ -30,6 +30,9 @@ type Config struct {
 	// the admin API must stay on loopback.
 	AdminHost string
 	AdminPort int
+	// AdminStoreTimeout bounds each database call of an admin request, so
+	// an outage answers 503 quickly (ADMIN_STORE_TIMEOUT, 3s).
+	AdminStoreTimeout time.Duration
 
 	// Proxy server limits (SERVER_READ_TIMEOUT 15s, SERVER_WRITE_TIMEOUT
 	// 15s, SERVER_IDLE_TIMEOUT 60s, SERVER_MAX_HEADER_BYTES 16384,

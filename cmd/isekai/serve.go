@@ -137,9 +137,10 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		return nil, err
 	}
 	acfg := admin.Config{
-		NodeID:  id,
-		Version: version,
-		Logger:  log,
+		NodeID:       id,
+		Version:      version,
+		Logger:       log,
+		StoreTimeout: cfg.AdminStoreTimeout,
 		Features: map[string]bool{
 			"auth": false, "rate_limit": false, "load_balancing": false, "circuit_breaker": false,
 			"metrics": false, "tracing": false, "websocket_proxy": false, "event_feed": true, "cache": false, "request_log": cfg.RequestLogEnabled,
