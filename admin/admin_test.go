@@ -38,11 +38,33 @@ type env struct {
 
 // newEnv wires a real store, listener, projection and admin server on a
 // loopback port, as a node does.
-func newEnv(t *testing.T, dbURL string) env { return newEnvDelayed(t, dbURL, 0) }
+func newEnv(t *testing.T, dbURL string) env {
+	e, _ := startEnv(t, dbURL, envOptions{})
+	return e
+}
 
 // newEnvDelayed is newEnv with a node that applies each batch of events
 // only after delay: a node lagging behind the log.
 func newEnvDelayed(t *testing.T, dbURL string, delay time.Duration) env {
+	e, _ := startEnv(t, dbURL, envOptions{delay: delay})
+	return e
+}
+
+// envOptions adjusts the node startEnv wires.
+type envOptions struct {
+	// configure fills in the admin configuration beyond NodeID, Version,
+	// Logger and StoreTimeout.
+	configure func(cfg *admin.Config, pool *pgxpool.Pool)
+	// delay makes the node apply each batch of events only after it.
+	delay time.Duration
+	// sync, when set, replaces the node's listener: no events are applied
+	// and the sync state is whatever it reports.
+	sync admin.SyncState
+}
+
+// startEnv is the one harness of the admin tests: a pool on dbURL, a store,
+// a projection fed by a listener, and the admin server on a loopback port.
+func startEnv(t *testing.T, dbURL string, o envOptions) (env, *pgxpool.Pool) {
 	t.Helper()
 	pool, err := pgxpool.New(context.Background(), dbURL)
 	if err != nil {
@@ -52,20 +74,29 @@ func newEnvDelayed(t *testing.T, dbURL string, delay time.Duration) env {
 	store := events.NewPostgresStore(pool)
 	routes := projections.NewRoutes()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	l := events.NewListener(events.ListenerConfig{
-		ConnConfig: pool.Config().ConnConfig, Store: store, Logger: quiet,
-		Handler: func(_ context.Context, evs []events.Event) error {
-			time.Sleep(delay)
-			_, err := routes.Apply(evs)
-			return err
-		},
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-	})
-	if err := l.Start(context.Background()); err != nil {
-		t.Fatal(err)
+	sync := o.sync
+	var l *events.Listener
+	if sync == nil {
+		l = events.NewListener(events.ListenerConfig{
+			ConnConfig: pool.Config().ConnConfig, Store: store, Logger: quiet,
+			Handler: func(_ context.Context, evs []events.Event) error {
+				time.Sleep(o.delay)
+				_, err := routes.Apply(evs)
+				return err
+			},
+			MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		})
+		if err := l.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Stop)
+		sync = l
 	}
-	t.Cleanup(l.Stop)
-	srv, err := admin.New(admin.Config{NodeID: "node-test", Version: "test", Logger: quiet, StoreTimeout: 2 * time.Second}, store, routes, l)
+	cfg := admin.Config{NodeID: "node-test", Version: "test", Logger: quiet, StoreTimeout: 2 * time.Second}
+	if o.configure != nil {
+		o.configure(&cfg, pool)
+	}
+	srv, err := admin.New(cfg, store, routes, sync)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,10 +107,10 @@ func newEnvDelayed(t *testing.T, dbURL string, delay time.Duration) env {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
 	deadline := time.Now().Add(10 * time.Second)
-	for !l.CaughtUp() && time.Now().Before(deadline) {
+	for l != nil && !l.CaughtUp() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	return env{base: "http://" + ln.Addr().String(), store: store}
+	return env{base: "http://" + ln.Addr().String(), store: store}, pool
 }
 
 type response struct {
@@ -468,23 +499,7 @@ func (notCaughtUp) LastError() string { return "connecting listener: connection 
 // depend on it.
 func TestReadyWaitsForCatchUp(t *testing.T) {
 	t.Parallel()
-	pool, err := pgxpool.New(context.Background(), pgtest.NewMigratedDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	srv, err := admin.New(admin.Config{NodeID: "n", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
-		events.NewPostgresStore(pool), projections.NewRoutes(), notCaughtUp{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	e := env{base: "http://" + ln.Addr().String()}
+	e, _ := startEnv(t, pgtest.NewMigratedDatabase(t), envOptions{sync: notCaughtUp{}})
 	r := e.do(t, "GET", "/ready", nil)
 	expect(t, r, 503, "not_ready")
 	if r.header.Get("Retry-After") == "" {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"strings"
 	"testing"
@@ -18,7 +17,6 @@ import (
 	"github.com/zakirkun/isekai/admin"
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/events/pgtest"
-	"github.com/zakirkun/isekai/projections"
 )
 
 // caughtUp is a listener that has applied the log.
@@ -32,25 +30,9 @@ func (caughtUp) LastError() string { return "" }
 // returns the pool on dbURL.
 func newLogsEnv(t *testing.T, dbURL string, logs func(*pgxpool.Pool) admin.RequestLogs) (env, *pgxpool.Pool) {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	srv, err := admin.New(admin.Config{
-		NodeID: "node-test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StoreTimeout: 2 * time.Second,
-		RequestLogs: logs(pool),
-	}, events.NewPostgresStore(pool), projections.NewRoutes(), caughtUp{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	return env{base: "http://" + ln.Addr().String()}, pool
+	return startEnv(t, dbURL, envOptions{sync: caughtUp{}, configure: func(cfg *admin.Config, pool *pgxpool.Pool) {
+		cfg.RequestLogs = logs(pool)
+	}})
 }
 
 func postgresLogs(pool *pgxpool.Pool) admin.RequestLogs { return admin.PostgresRequestLogs{Pool: pool} }

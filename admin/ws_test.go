@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,39 +16,15 @@ import (
 	"github.com/zakirkun/isekai/admin"
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/events/pgtest"
-	"github.com/zakirkun/isekai/projections"
 )
 
 // newFeedEnv is newEnv with a feed configuration.
 func newFeedEnv(t *testing.T, feed admin.FeedConfig) env {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), pgtest.NewMigratedDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	store := events.NewPostgresStore(pool)
-	routes := projections.NewRoutes()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	l := events.NewListener(events.ListenerConfig{
-		ConnConfig: pool.Config().ConnConfig, Store: store, Logger: quiet,
-		Handler: func(_ context.Context, evs []events.Event) error { _, err := routes.Apply(evs); return err },
-	})
-	if err := l.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Stop)
-	srv, err := admin.New(admin.Config{NodeID: "node-test", Logger: quiet, StoreTimeout: 2 * time.Second, Feed: feed}, store, routes, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	return env{base: "http://" + ln.Addr().String(), store: store}
+	e, _ := startEnv(t, pgtest.NewMigratedDatabase(t), envOptions{configure: func(cfg *admin.Config, _ *pgxpool.Pool) {
+		cfg.Feed = feed
+	}})
+	return e
 }
 
 // appendNotes appends n events (in one transaction) that the projection
