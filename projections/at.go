@@ -3,7 +3,6 @@ package projections
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -46,26 +45,6 @@ type EventReader interface {
 // is that of the last event folded (0 for none). A Position past the head
 // gives the table at the head: callers that must refuse it compare.
 func Replay(ctx context.Context, r EventReader, at At) (*RouteTable, error) {
-	state := NewRouteState()
-	f := events.Filter{To: at.Position, Until: at.Time, Limit: events.MaxReadLimit}
-	for {
-		evs, err := r.Read(ctx, f)
-		if err != nil {
-			return nil, fmt.Errorf("replaying the log: %w", err)
-		}
-		for _, ev := range evs {
-			if err := state.Apply(ev); err != nil {
-				return nil, fmt.Errorf("replaying the log: %w", err)
-			}
-			f.After = ev.Position
-		}
-		if len(evs) < events.MaxReadLimit {
-			break
-		}
-	}
-	t, err := state.Build()
-	if err != nil {
-		return nil, fmt.Errorf("replaying the log: %w", err)
-	}
-	return t, nil
+	t, _, err := ReplayFrom(ctx, r, nil, at)
+	return t, err
 }

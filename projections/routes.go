@@ -108,6 +108,26 @@ func (r *Routes) Apply(evs []events.Event) (*RouteTable, error) {
 	return next, nil
 }
 
+// Restore replaces the state and the table with state's (a snapshot's, or
+// a rebuild's), even at an earlier position: for a node starting from a
+// snapshot, or finding that its local snapshot belongs to another log. It
+// fails, changing nothing, when the state does not build.
+func (r *Routes) Restore(state *RouteState) (*RouteTable, error) {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	t, err := state.Build()
+	if err != nil {
+		return nil, err
+	}
+	r.state = state
+	r.mu.Lock()
+	r.table.Store(t)
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+	return t, nil
+}
+
 func byPosition(a, b events.Event) int { return cmp.Compare(a.Position, b.Position) }
 
 // WaitFor returns once the current table's position is at least position,
