@@ -50,6 +50,7 @@ type Listener struct {
 	head   atomic.Int64 // newest position seen in a notification or read
 
 	caughtUp  atomic.Bool  // a catch-up has reached the head since start
+	syncedAt  atomic.Int64 // unix nanoseconds of the last catch-up that reached the head
 	connected atomic.Bool  // the LISTEN session is up
 	lastErr   atomic.Value // string
 
@@ -131,6 +132,25 @@ func (l *Listener) Head() int64 { return max(l.head.Load(), l.cursor.Load()) }
 // CaughtUp reports whether a catch-up has reached the head of the log since
 // Start: the node has applied everything that was committed before it.
 func (l *Listener) CaughtUp() bool { return l.caughtUp.Load() }
+
+// SyncedAt is when a catch-up last reached the head of the log (zero
+// before the first): the node's table was current then.
+func (l *Listener) SyncedAt() time.Time {
+	if ns := l.syncedAt.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// StaleSince is zero while the listener is connected, or before its first
+// catch-up (the node is not ready then, rather than stale); after losing
+// the session it is SyncedAt, the last time the table was known current.
+func (l *Listener) StaleSince() time.Time {
+	if !l.CaughtUp() || l.Connected() {
+		return time.Time{}
+	}
+	return l.SyncedAt()
+}
 
 // Connected reports whether the LISTEN session is up.
 func (l *Listener) Connected() bool { return l.connected.Load() }
@@ -253,6 +273,7 @@ func (l *Listener) catchUp(ctx context.Context) error {
 			l.raiseHead(last)
 		}
 		if !full {
+			l.syncedAt.Store(time.Now().UnixNano())
 			l.caughtUp.Store(true)
 			l.setErr(nil)
 			return nil
