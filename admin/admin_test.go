@@ -491,9 +491,10 @@ func TestWriteOnLaggingNodeSeesTheLog(t *testing.T) {
 // notCaughtUp is a listener that has not yet applied the log.
 type notCaughtUp struct{}
 
-func (notCaughtUp) CaughtUp() bool    { return false }
-func (notCaughtUp) Connected() bool   { return false }
-func (notCaughtUp) LastError() string { return "connecting listener: connection refused" }
+func (notCaughtUp) CaughtUp() bool        { return false }
+func (notCaughtUp) Connected() bool       { return false }
+func (notCaughtUp) LastError() string     { return "connecting listener: connection refused" }
+func (notCaughtUp) StaleSince() time.Time { return time.Time{} }
 
 // /ready stays 503 until the projection has caught up; /health does not
 // depend on it.

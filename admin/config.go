@@ -69,7 +69,7 @@ func (s *Server) rollback(c *fiber.Ctx) error {
 	meta.Reason = joinReason("rollback to "+point, meta.Reason)
 
 	ctx, cancel := s.storeCtx(c)
-	target, err := projections.Replay(ctx, s.store, at)
+	target, _, err := projections.ReplayFrom(ctx, s.store, s.cfg.Snapshots, at)
 	cancel()
 	if err != nil {
 		return err

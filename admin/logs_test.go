@@ -22,9 +22,10 @@ import (
 // caughtUp is a listener that has applied the log.
 type caughtUp struct{}
 
-func (caughtUp) CaughtUp() bool    { return true }
-func (caughtUp) Connected() bool   { return true }
-func (caughtUp) LastError() string { return "" }
+func (caughtUp) CaughtUp() bool        { return true }
+func (caughtUp) Connected() bool       { return true }
+func (caughtUp) LastError() string     { return "" }
+func (caughtUp) StaleSince() time.Time { return time.Time{} }
 
 // newLogsEnv serves the admin API with logs as its request log source, and
 // returns the pool on dbURL.

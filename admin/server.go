@@ -38,6 +38,13 @@ type Config struct {
 	Verifier ChainVerifier
 	// Feed configures the /ws event feed; zero fields take its defaults.
 	Feed FeedConfig
+	// Snapshots speed up point-in-time reads and rollbacks (?at=): they
+	// start from the newest snapshot at or before the point. Nil folds the
+	// log from its start.
+	Snapshots projections.SnapshotLoader
+	// Persistence reports the node's snapshots and local last-good file in
+	// /api/status; nil leaves them out.
+	Persistence func() any
 }
 
 // RouteReader is the read side of the node's route projection.
@@ -52,6 +59,11 @@ type SyncState interface {
 	CaughtUp() bool
 	Connected() bool
 	LastError() string
+	// StaleSince is zero while the node follows the log; otherwise it is
+	// when the table served was last known current: a node cut off from
+	// the database, or started from its local last-good file while the
+	// database was down, serves a table that may be stale.
+	StaleSince() time.Time
 }
 
 // Server is the admin API.

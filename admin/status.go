@@ -16,14 +16,23 @@ func (s *Server) health(c *fiber.Ctx) error {
 	return ok(c, fiber.StatusOK, fiber.Map{"status": "ok", "node_id": s.cfg.NodeID})
 }
 
-// ready is 200 once the projection has caught up with the log since start.
+// ready is 200 once the projection has caught up with the log since start,
+// or while the node serves a table it restored from its local last-good
+// file (the database being down): then the body says stale, and since when.
+// Otherwise 503.
 func (s *Server) ready(c *fiber.Ctx) error {
 	pos := s.routes.Table().Position()
-	if !s.sync.CaughtUp() {
+	stale := s.sync.StaleSince()
+	if !s.sync.CaughtUp() && (stale.IsZero() || pos == 0) {
 		c.Set(fiber.HeaderRetryAfter, "1")
 		return c.Status(fiber.StatusServiceUnavailable).JSON(errorBody{Error: "not ready: catching up with the event log", Code: "not_ready"})
 	}
-	return ok(c, fiber.StatusOK, fiber.Map{"ready": true, "applied_position": pos})
+	body := fiber.Map{"ready": true, "applied_position": pos, "stale": !stale.IsZero()}
+	if !stale.IsZero() {
+		body["stale_since"] = stale.UTC()
+		body["reason"] = "not following the event log (" + s.sync.LastError() + "): serving the table as of stale_since"
+	}
+	return ok(c, fiber.StatusOK, body)
 }
 
 type statusBody struct {
@@ -37,11 +46,14 @@ type statusBody struct {
 	Database          string            `json:"database"`
 	ListenerConnected bool              `json:"listener_connected"`
 	CaughtUp          bool              `json:"caught_up"`
+	Stale             bool              `json:"stale"`
+	StaleSince        *time.Time        `json:"stale_since,omitempty"`
 	LastError         string            `json:"last_error,omitempty"`
 	Routes            int               `json:"routes"`
 	Conflicts         any               `json:"conflicts"`
 	Features          map[string]bool   `json:"features"`
 	RequestLog        *requestLogStatus `json:"request_log,omitempty"`
+	Snapshots         any               `json:"snapshots,omitempty"`
 }
 
 // requestLogStatus is the request-log pipeline as /api/status shows it.
@@ -73,6 +85,13 @@ func (s *Server) status(c *fiber.Ctx) error {
 		AppliedPosition: t.Position(), Database: "ok",
 		ListenerConnected: s.sync.Connected(), CaughtUp: s.sync.CaughtUp(), LastError: s.sync.LastError(),
 		Routes: t.Len(), Conflicts: conflictsOf(t), Features: s.cfg.Features,
+	}
+	if since := s.sync.StaleSince(); !since.IsZero() {
+		since = since.UTC()
+		out.Stale, out.StaleSince = true, &since
+	}
+	if s.cfg.Persistence != nil {
+		out.Snapshots = s.cfg.Persistence()
 	}
 	ctx, cancel := context.WithTimeout(c.UserContext(), min(s.cfg.StoreTimeout, time.Second))
 	defer cancel()

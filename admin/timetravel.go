@@ -31,9 +31,13 @@ func (s *Server) tableAt(c *fiber.Ctx) (table *projections.RouteTable, historica
 	if err != nil {
 		return nil, true, errBadRequest("invalid_query", "at "+err.Error(), projections.FieldError{Field: "at", Message: err.Error()})
 	}
+	if cur := s.routes.Table(); at.Time.IsZero() && at.Position == cur.Position() {
+		c.Set(headerPosition, strconv.FormatInt(cur.Position(), 10))
+		return cur, true, nil
+	}
 	ctx, cancel := s.storeCtx(c)
 	defer cancel()
-	t, err := projections.Replay(ctx, s.store, at)
+	t, _, err := projections.ReplayFrom(ctx, s.store, s.cfg.Snapshots, at)
 	if err != nil {
 		return nil, true, err
 	}

@@ -80,6 +80,19 @@ type Config struct {
 	ManagedPGPort int
 	// PollInterval is the listener's safety poll (ISEKAI_POLL_INTERVAL, 5s).
 	PollInterval time.Duration
+	// SnapshotInterval: a node writes a snapshot of the route table to
+	// Postgres once the log has moved this many events past the newest one
+	// (ISEKAI_SNAPSHOT_INTERVAL, 1000; 0 writes none). SnapshotRetain
+	// snapshots are kept, and one per 10 intervals before them
+	// (ISEKAI_SNAPSHOT_RETAIN, 100; 0 keeps all). The local last-good file
+	// (DataDir/state/routes.snapshot) is written regardless.
+	SnapshotInterval int64
+	SnapshotRetain   int
+	// HeartbeatInterval is how often a node refreshes its row in the node
+	// registry (ISEKAI_HEARTBEAT_INTERVAL, 2s); a node whose heartbeat is
+	// older than NodeStaleAfter is not live (ISEKAI_NODE_STALE_AFTER, 10s).
+	HeartbeatInterval time.Duration
+	NodeStaleAfter    time.Duration
 	// RequestLog configures the request log written to Postgres through
 	// COPY (REQUEST_LOG_ENABLED, default true; REQUEST_LOG_QUERY records
 	// query strings, default false; REQUEST_LOG_BATCH_SIZE 5000,
@@ -120,6 +133,10 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		NodeID:              p.str("ISEKAI_NODE_ID", ""),
 		ManagedPGPort:       p.port("ISEKAI_PG_PORT", 0),
 		PollInterval:        p.duration("ISEKAI_POLL_INTERVAL", 5*time.Second),
+		SnapshotInterval:    int64(p.intRange("ISEKAI_SNAPSHOT_INTERVAL", 1000, 0, 1<<30)),
+		SnapshotRetain:      p.intRange("ISEKAI_SNAPSHOT_RETAIN", 100, 0, 1<<20),
+		HeartbeatInterval:   p.duration("ISEKAI_HEARTBEAT_INTERVAL", 2*time.Second),
+		NodeStaleAfter:      p.duration("ISEKAI_NODE_STALE_AFTER", 10*time.Second),
 		LogFormat:           p.str("LOG_FORMAT", "text"),
 	}
 	c.TrustedProxies = p.prefixes("TRUSTED_PROXIES")
@@ -157,6 +174,9 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.PollInterval < 100*time.Millisecond {
 		p.fail("ISEKAI_POLL_INTERVAL", "must be at least 100ms")
+	}
+	if c.NodeStaleAfter <= c.HeartbeatInterval {
+		p.fail("ISEKAI_NODE_STALE_AFTER", "must be longer than ISEKAI_HEARTBEAT_INTERVAL (%s)", c.HeartbeatInterval)
 	}
 	if c.DBMinIdleConns > c.DBMaxConns {
 		p.fail("DB_MAX_IDLE_CONNS", "must not exceed DB_MAX_OPEN_CONNS (%d)", c.DBMaxConns)

@@ -33,8 +33,8 @@ func exportCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 	if *format != "json" && *format != "yaml" {
 		return fmt.Errorf("--format must be json or yaml, not %q", *format)
 	}
-	return withStore(ctx, cfg, log, func(store events.Store) error {
-		t, err := projections.Replay(ctx, store, projections.At{})
+	return withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotLoader) error {
+		t, _, err := projections.ReplayFrom(ctx, store, snaps, projections.At{})
 		if err != nil {
 			return err
 		}
@@ -79,9 +79,9 @@ func applyCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 	if err != nil {
 		return fmt.Errorf("%s: %w", *file, err)
 	}
-	return withStore(ctx, cfg, log, func(store events.Store) error {
+	return withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotLoader) error {
 		for attempt := 1; ; attempt++ {
-			t, err := projections.Replay(ctx, store, projections.At{})
+			t, _, err := projections.ReplayFrom(ctx, store, snaps, projections.At{})
 			if err != nil {
 				return err
 			}
@@ -125,6 +125,8 @@ func decodeConfigFile(name string, data []byte) ([]projections.ConfigEntry, erro
 }
 
 // withStore opens the database as replay does and runs fn on its store.
-func withStore(ctx context.Context, cfg Config, log *slog.Logger, fn func(events.Store) error) error {
-	return withPool(ctx, cfg, log, func(pool *pgxpool.Pool) error { return fn(events.NewPostgresStore(pool)) })
+func withStore(ctx context.Context, cfg Config, log *slog.Logger, fn func(events.Store, projections.SnapshotLoader) error) error {
+	return withPool(ctx, cfg, log, func(pool *pgxpool.Pool) error {
+		return fn(events.NewPostgresStore(pool), projections.PostgresSnapshots{Store: events.NewSnapshotStore(pool)})
+	})
 }

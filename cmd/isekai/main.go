@@ -24,9 +24,10 @@ const usage = `isekai - an API gateway whose configuration is an event log in Po
 Usage:
   isekai [serve]                 run a gateway node (the default)
   isekai migrate                 apply database migrations and exit
-  isekai replay [--at POSITION|TIME] [--json]
+  isekai replay [--at POSITION|TIME] [--json] [--from-scratch]
                                  rebuild the route table from the event log
-                                 (up to POSITION) and print it
+                                 from the newest snapshot at or before
+                                 POSITION (or the whole log) and print it
   isekai events verify [--from N] [--to N]
                                  check the log's hash chain; exits 1 and names
                                  the first altered position if it was tampered

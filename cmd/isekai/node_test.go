@@ -32,14 +32,19 @@ var client = &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 10 * 
 
 func envMap(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
-// startTestNode runs a full node in-process on random loopback ports.
-func startTestNode(t *testing.T, dbURL, id string) (*node, context.CancelFunc) {
+// startTestNode runs a full node in-process on random loopback ports; env
+// holds extra NAME, value pairs.
+func startTestNode(t *testing.T, dbURL, id string, env ...string) (*node, context.CancelFunc) {
 	t.Helper()
-	cfg, err := loadConfig(envMap(map[string]string{
+	vars := map[string]string{
 		"DATABASE_URL": dbURL, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0", "ADMIN_PORT": "0",
 		"ISEKAI_DATA_DIR": t.TempDir(), "ISEKAI_NODE_ID": id, "DB_MAX_OPEN_CONNS": "4", "DB_MAX_IDLE_CONNS": "1",
 		"SERVER_SHUTDOWN_TIMEOUT": "5s",
-	}))
+	}
+	for i := 0; i+1 < len(env); i += 2 {
+		vars[env[i]] = env[i+1]
+	}
+	cfg, err := loadConfig(envMap(vars))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +64,10 @@ func startTestNode(t *testing.T, dbURL, id string) (*node, context.CancelFunc) {
 			t.Errorf("node %s shut down with %v", id, err)
 		}
 	})
-	return n, cancel
+	return n, func() {
+		cancel()
+		<-n.done
+	}
 }
 
 type apiResponse struct {

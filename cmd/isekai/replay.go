@@ -10,17 +10,20 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/projections"
 )
 
-// replayCmd rebuilds the route table from the log, from scratch, up to --at
-// (a position, or an RFC 3339 time), and prints it.
+// replayCmd rebuilds the route table from the log up to --at (a position, or
+// an RFC 3339 time) — from the newest snapshot at or before it, or from
+// scratch with --from-scratch — and prints it.
 func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	atFlag := fs.String("at", "", "stop at this log position or RFC 3339 time (empty or 0 = the head)")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	fromScratch := fs.Bool("from-scratch", false, "fold the whole log, ignoring snapshots")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -32,10 +35,17 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 		}
 	}
 	var table *projections.RouteTable
-	err := withStore(ctx, cfg, log, func(store events.Store) (err error) {
-		if table, err = projections.Replay(ctx, store, at); err != nil {
+	err := withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotLoader) (err error) {
+		if *fromScratch {
+			snaps = nil
+		}
+		start := time.Now()
+		var stats projections.ReplayStats
+		if table, stats, err = projections.ReplayFrom(ctx, store, snaps, at); err != nil {
 			return err
 		}
+		log.Info("replayed the log", "position", table.Position(), "routes", table.Len(),
+			"from_snapshot", stats.SnapshotPosition, "events_folded", stats.Events, "took", time.Since(start).Round(time.Microsecond))
 		if at.Position > table.Position() {
 			// As the API does: a position the log has not reached names no
 			// table.

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -36,7 +38,7 @@ type node struct {
 	proxyAddr string
 	adminAddr string
 	routes    *projections.Routes
-	listener  *events.Listener
+	sync      *nodeSync
 	done      chan struct{}
 	err       error
 }
@@ -47,10 +49,17 @@ func (n *node) wait() error {
 	return n.err
 }
 
-// startNode opens the database, migrates, follows the log and opens both
-// listeners; when ctx ends it shuts down in order: stop accepting and drain
-// in-flight requests, flush the request log, stop following the log, close
-// the pool, stop a managed Postgres.
+// startNode opens the database, migrates, restores the route table from the
+// newest snapshot (the local last-good file or Postgres), follows the log
+// and opens both listeners; when ctx ends it shuts down in order: stop
+// accepting and drain in-flight requests, flush the request log, persist
+// the table, stop following the log, close the pool, stop a managed
+// Postgres.
+//
+// With DATABASE_URL set and the database unreachable, a node that has a
+// local last-good file starts anyway: it serves that table, reports it
+// stale in /ready and /api/status, and attaches to the log in the
+// background once the database answers.
 func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err error) {
 	var cleanup []func()
 	defer func() {
@@ -60,44 +69,109 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			}
 		}
 	}()
-	db, err := openDatabase(ctx, cfg, log, false)
-	if err != nil {
-		return nil, err
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
-	cleanup = append(cleanup, func() { db.close(log) })
 	id, err := nodeID(cfg)
 	if err != nil {
 		return nil, err
 	}
 	log = log.With("node", id)
+	routes := projections.NewRoutes()
+	following := &nodeSync{}
+
+	db, err := openDatabase(ctx, cfg, log, false)
+	degraded := false
+	if err != nil {
+		if cfg.DatabaseURL == "" || !databaseUnavailable(err) {
+			return nil, err
+		}
+		local, ok := readLocalSnapshot(snapshotFile(cfg.DataDir), log)
+		if !ok {
+			return nil, fmt.Errorf("%w (and no local route table in %s to serve until it answers)", err, snapshotFile(cfg.DataDir))
+		}
+		state, serr := local.State()
+		if serr == nil {
+			_, serr = routes.Restore(state)
+		}
+		if serr != nil {
+			return nil, fmt.Errorf("%w (and the local route table does not load: %v)", err, serr)
+		}
+		log.Warn("database unavailable: serving the route table saved in the data directory until it answers",
+			"err", err, "position", local.Position, "routes", len(local.Routes), "saved_at", local.TakenAt)
+		following.restore(local.TakenAt, err)
+		db, degraded = &database{url: cfg.DatabaseURL}, true
+	}
+	cleanup = append(cleanup, func() { db.close(log) })
 	pool, err := newPool(ctx, cfg, db.url)
 	if err != nil {
 		return nil, err
 	}
 	cleanup = append(cleanup, pool.Close)
 	store := events.NewPostgresStore(pool)
+	snaps := events.NewSnapshotStore(pool)
+	pers := newPersister(cfg, routes, snaps, id, log)
 
-	routes := projections.NewRoutes()
-	listener := events.NewListener(events.ListenerConfig{
-		ConnConfig:   pool.Config().ConnConfig,
-		Store:        store,
-		PollInterval: cfg.PollInterval,
-		Logger:       log,
-		Handler: func(_ context.Context, evs []events.Event) error {
-			t, err := routes.Apply(evs)
+	handler := func(_ context.Context, evs []events.Event) error {
+		t, err := routes.Apply(evs)
+		if err != nil {
+			log.Error("rejected a route table; the previous one keeps serving", "err", err)
+			return err
+		}
+		log.Debug("route table swapped", "position", t.Position(), "routes", t.Len())
+		pers.changed()
+		return nil
+	}
+	// attach ties the table to the log and starts following it.
+	attach := func(ctx context.Context) error {
+		if degraded {
+			src, err := reconcileLocal(ctx, routes, store, snaps, snapshotFile(cfg.DataDir), log)
 			if err != nil {
-				log.Error("rejected a route table; the previous one keeps serving", "err", err)
 				return err
 			}
-			log.Debug("route table swapped", "position", t.Position(), "routes", t.Len())
-			return nil
-		},
-	})
-	if err := listener.Start(ctx); err != nil {
-		return nil, err
+			following.setSource(src)
+		} else {
+			src, fileAt, dbAt, err := restoreTable(ctx, routes, snaps, snapshotFile(cfg.DataDir), log)
+			if err != nil {
+				return err
+			}
+			pers.known(fileAt, dbAt)
+			following.setSource(src)
+			if src.Position > 0 {
+				log.Info("restored the route table from a snapshot", "source", src.Source, "position", src.Position, "routes", routes.Table().Len())
+			}
+		}
+		listener := events.NewListener(events.ListenerConfig{
+			ConnConfig:   pool.Config().ConnConfig,
+			Store:        store,
+			From:         routes.Table().Position(),
+			PollInterval: cfg.PollInterval,
+			Logger:       log,
+			Handler:      handler,
+		})
+		if err := listener.Start(ctx); err != nil {
+			return err
+		}
+		following.follow(listener)
+		return nil
 	}
-	cleanup = append(cleanup, listener.Stop)
-	waitCaughtUp(ctx, listener, startupCatchUp, log)
+	// background runs until shutdown; the sequence below waits for it.
+	bctx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var background sync.WaitGroup
+	stopAll := func() { stopBackground(); background.Wait() }
+	cleanup = append(cleanup, func() {
+		stopAll()
+		following.stop()
+	})
+	background.Go(func() { pers.run(bctx) })
+	if degraded {
+		background.Go(func() { attachWhenUp(bctx, db.url, attach, following, log) })
+	} else {
+		if err := attach(ctx); err != nil {
+			return nil, err
+		}
+		waitCaughtUp(ctx, following.listenerOf(), startupCatchUp, log)
+	}
 
 	var recorder gateway.Recorder
 	var requestLog *events.RequestLogWriter
@@ -147,11 +221,18 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		},
 	}
 	acfg.Verifier = admin.PostgresVerifier{Pool: pool}
+	acfg.Snapshots = projections.PostgresSnapshots{Store: snaps}
+	acfg.Persistence = func() any {
+		return struct {
+			persistStatus
+			Restored restoreSource `json:"restored"`
+		}{pers.Status().(persistStatus), following.source()}
+	}
 	if requestLog != nil {
 		acfg.RequestLogs = admin.PostgresRequestLogs{Pool: pool}
 		acfg.RequestLogStats = requestLog.Stats
 	}
-	adm, err := admin.New(acfg, store, routes, listener)
+	adm, err := admin.New(acfg, store, routes, following)
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +249,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		"applied_position", routes.Table().Position(), "version", version)
 
 	n := &node{id: id, proxyAddr: proxyLn.Addr().String(), adminAddr: adminLn.Addr().String(),
-		routes: routes, listener: listener, done: make(chan struct{})}
+		routes: routes, sync: following, done: make(chan struct{})}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return gw.Serve(proxyLn) })
 	g.Go(func() error { return adm.Serve(adminLn) })
@@ -189,7 +270,8 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			}
 			cancel()
 		}
-		listener.Stop()
+		stopAll()
+		following.stop()
 		pool.Close()
 		db.close(log)
 		if n.err == nil {
