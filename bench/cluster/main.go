@@ -10,7 +10,10 @@
 //	  requests missing from request_logs;
 //	-mode churn: loads N routes, then measures proxy latency (p50/p99/max)
 //	  on one route with and without continuous route churn, and how long
-//	  a node takes to rebuild an N-route table.
+//	  a node takes to rebuild an N-route table;
+//	-mode replay: appends -events route events over -routes routes and
+//	  times replays from scratch and from snapshots, a node's start, and
+//	  point-in-time reads (see replay.go).
 //
 // Everything listens on 127.0.0.1. Run it through scripts/bench-propagation.sh.
 package main
@@ -45,7 +48,8 @@ import (
 var client = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
 
 func main() {
-	mode := flag.String("mode", "propagation", "propagation, churn or outage")
+	mode := flag.String("mode", "propagation", "propagation, churn, outage or replay")
+	nevents := flag.Int("events", 1000000, "events in the log (replay)")
 	outage := flag.Duration("outage", 30*time.Second, "how long Postgres is down (outage)")
 	reqRate := flag.Int("req-rate", 1000, "proxied requests per second (outage)")
 	bin := flag.String("bin", "bin/isekai", "isekai binary")
@@ -69,8 +73,11 @@ func main() {
 
 	backend := startBackend()
 	nodes := 3
-	if *mode == "churn" || *mode == "outage" {
+	switch *mode {
+	case "churn", "outage":
 		nodes = 1
+	case "replay":
+		nodes = 0
 	}
 	var procs []*proc
 	for i := 0; i < nodes; i++ {
@@ -85,6 +92,8 @@ func main() {
 		outageRun(ctx, pg, db, procs[0], backend, *reqRate, *outage)
 	case "churn":
 		churn(ctx, db, procs[0], backend, *nroutes, *dur, *rate)
+	case "replay":
+		replayRun(ctx, dir, db, *bin, backend, *nevents, *nroutes)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
