@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/zakirkun/isekai/events"
+	"github.com/zakirkun/isekai/migrations"
 	"github.com/zakirkun/isekai/projections"
 )
 
@@ -28,6 +29,8 @@ import (
 //   - point-in-time reads (?at=POSITION, uniformly random positions) through
 //     the admin API of that node: one route, and the whole table.
 func replayRun(ctx context.Context, dir, db, bin, backend string, nevents, nroutes int) {
+	_, err := migrations.ApplyURL(ctx, db)
+	check(err)
 	pool, err := pgxpool.New(ctx, db)
 	check(err)
 	defer pool.Close()
