@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -166,5 +167,89 @@ func TestApplyRefusesRenamedMigration(t *testing.T) {
 	_, err := migrations.ApplyURL(ctx, url)
 	if err == nil || !strings.Contains(err.Error(), "something_else") {
 		t.Errorf("err = %v, want one naming the recorded migration", err)
+	}
+}
+
+// The node functions of 0004_nodes.sql: register takes a row over,
+// report only raises the position of the instance that holds the row and
+// tells others who does, leave stops it; each change NOTIFYs isekai_nodes.
+func TestNodeFunctions(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.NewMigratedDatabase(t)
+	conn := connect(t, url)
+	watch := connect(t, url)
+	if _, err := watch.Exec(ctx, "LISTEN isekai_nodes"); err != nil {
+		t.Fatal(err)
+	}
+	const a, b = "0190a1b2-0000-7000-8000-00000000000a", "0190a1b2-0000-7000-8000-00000000000b"
+	register := func(instance string, position int64) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, `SELECT isekai_node_register('n1', $1, 'p:1', 'a:2', 'v1', 'host', 42, now(), $2)`, instance, position); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report := func(id, instance string, position int64) *string {
+		t.Helper()
+		var owner *string
+		if err := conn.QueryRow(ctx, `SELECT isekai_node_report($1, $2, $3)::text`, id, instance, position).Scan(&owner); err != nil {
+			t.Fatal(err)
+		}
+		return owner
+	}
+	row := func() (instance string, position int64, applied, stopped bool) {
+		t.Helper()
+		err := conn.QueryRow(ctx, `SELECT instance::text, applied_position, applied_at IS NOT NULL, stopped_at IS NOT NULL FROM nodes WHERE id = 'n1'`).
+			Scan(&instance, &position, &applied, &stopped)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+
+	register(a, 0)
+	if inst, pos, applied, stopped := row(); inst != a || pos != 0 || applied || stopped {
+		t.Errorf("registered: instance %s, position %d, applied_at set %v, stopped %v", inst, pos, applied, stopped)
+	}
+	if owner := report("n1", a, 5); owner == nil || *owner != a {
+		t.Errorf("report by the owner returned %v", owner)
+	}
+	report("n1", a, 3) // lower: kept at 5, no notification
+	if _, pos, applied, _ := row(); pos != 5 || !applied {
+		t.Errorf("after reports 5 then 3: position %d, applied_at set %v", pos, applied)
+	}
+	if owner := report("n1", b, 9); owner == nil || *owner != a {
+		t.Errorf("report by another instance returned %v, want the owner %s", owner, a)
+	}
+	if owner := report("missing", a, 1); owner != nil {
+		t.Errorf("report on a missing row returned %v, want NULL", *owner)
+	}
+	register(b, 2) // a takeover starts from its own position
+	if inst, pos, _, _ := row(); inst != b || pos != 2 {
+		t.Errorf("after the takeover: instance %s, position %d", inst, pos)
+	}
+	var left bool
+	if err := conn.QueryRow(ctx, `SELECT isekai_node_leave('n1', $1, 1)`, a).Scan(&left); err != nil || left {
+		t.Errorf("leave by the old instance: %v, %v; want false", left, err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT isekai_node_leave('n1', $1, 4)`, b).Scan(&left); err != nil || !left {
+		t.Errorf("leave by the owner: %v, %v; want true", left, err)
+	}
+	if _, pos, _, stopped := row(); pos != 4 || !stopped {
+		t.Errorf("after leave: position %d, stopped %v", pos, stopped)
+	}
+
+	var payloads []string
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		n, err := watch.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		payloads = append(payloads, n.Payload)
+	}
+	if want := []string{"n1:0", "n1:5", "n1:2", "n1:4"}; !slices.Equal(payloads, want) {
+		t.Errorf("notifications %q, want %q", payloads, want)
 	}
 }
