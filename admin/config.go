@@ -152,6 +152,10 @@ func (s *Server) commitPlan(c *fiber.Ctx, meta events.Metadata, decide func(*pro
 	if err != nil {
 		return err
 	}
+	wait, err := s.parseWait(c)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := s.storeCtx(c)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
@@ -192,6 +196,9 @@ func (s *Server) commitPlan(c *fiber.Ctx, meta events.Metadata, decide func(*pro
 		wctx, wcancel := context.WithTimeout(ctx, time.Second)
 		_ = s.routes.WaitFor(wctx, last.Position)
 		wcancel()
+		if err := s.waitCluster(c, wait, last.Position); err != nil {
+			return err
+		}
 		res.Position = last.Position
 		c.Set(headerPosition, strconv.FormatInt(last.Position, 10))
 		return c.Status(fiber.StatusOK).JSON(envelope{Success: true, Data: res, Position: last.Position})

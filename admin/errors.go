@@ -1,6 +1,8 @@
 package admin
 
 import (
+	"github.com/zakirkun/isekai/cluster"
+
 	"context"
 	"errors"
 
@@ -16,6 +18,10 @@ type apiError struct {
 	code    string
 	message string
 	fields  []projections.FieldError
+	// position and laggards describe a write that committed but did not
+	// reach every node in time (cluster_timeout).
+	position int64
+	laggards []cluster.Node
 }
 
 func (e *apiError) Error() string { return e.message }
@@ -34,6 +40,10 @@ type errorBody struct {
 	Error   string                   `json:"error"`
 	Code    string                   `json:"code"`
 	Fields  []projections.FieldError `json:"fields,omitempty"`
+	// Position and Laggards come with cluster_timeout: the write committed
+	// at Position, and these live nodes had not applied it.
+	Position int64          `json:"position,omitempty"`
+	Laggards []cluster.Node `json:"laggards,omitempty"`
 }
 
 // errorHandler maps every error of the admin listener to a status, in one
@@ -48,7 +58,7 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	status := fiber.StatusInternalServerError
 	switch {
 	case errors.As(err, &ae):
-		status, out = ae.status, errorBody{Error: ae.message, Code: ae.code, Fields: ae.fields}
+		status, out = ae.status, errorBody{Error: ae.message, Code: ae.code, Fields: ae.fields, Position: ae.position, Laggards: ae.laggards}
 	case errors.As(err, &ve):
 		status, out = fiber.StatusBadRequest, errorBody{Error: "invalid route: " + ve.Error(), Code: "validation_failed", Fields: ve.Errors}
 	case errors.Is(err, events.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):

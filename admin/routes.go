@@ -270,6 +270,10 @@ func (s *Server) routeHistory(c *fiber.Ctx) error {
 // stale table never commits. When another write landed first it waits for
 // the table to catch up and decides again.
 func (s *Server) commit(c *fiber.Ctx, decide func(*projections.RouteTable) (events.Proposed, error)) (events.Event, bool, error) {
+	wait, err := s.parseWait(c)
+	if err != nil {
+		return events.Event{}, false, err
+	}
 	ctx, cancel := s.storeCtx(c)
 	defer cancel()
 	// catchUp brings the table to the log's head before deciding again.
@@ -320,6 +324,9 @@ func (s *Server) commit(c *fiber.Ctx, decide func(*projections.RouteTable) (even
 		wctx, wcancel := context.WithTimeout(ctx, time.Second)
 		_ = s.routes.WaitFor(wctx, ev.Position)
 		wcancel()
+		if err := s.waitCluster(c, wait, ev.Position); err != nil {
+			return events.Event{}, false, err
+		}
 		return ev, res.Duplicate, nil
 	}
 }

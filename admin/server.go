@@ -42,6 +42,9 @@ type Config struct {
 	// start from the newest snapshot at or before the point. Nil folds the
 	// log from its start.
 	Snapshots projections.SnapshotLoader
+	// Cluster serves GET /api/cluster and ?wait=cluster on writes; nil
+	// answers 501 to both.
+	Cluster ClusterView
 	// Persistence reports the node's snapshots and local last-good file in
 	// /api/status; nil leaves them out.
 	Persistence func() any
@@ -112,6 +115,7 @@ func New(cfg Config, store events.Store, routes RouteReader, sync SyncState) (*S
 	s.app.Get("/ready", s.ready)
 	api := s.app.Group("/api")
 	api.Get("/status", s.status)
+	api.Get("/cluster", s.clusterView)
 	api.Get("/routes", s.listRoutes)
 	api.Post("/routes", s.createRoute)
 	api.Get("/routes/:id", s.getRoute)

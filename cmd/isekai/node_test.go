@@ -76,6 +76,7 @@ type apiResponse struct {
 	Position int64           `json:"position"`
 	Code     string          `json:"code"`
 	Error    string          `json:"error"`
+	Laggards json.RawMessage `json:"laggards"`
 }
 
 func call(t *testing.T, method, url string, body any, headers ...string) (int, apiResponse, http.Header) {

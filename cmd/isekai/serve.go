@@ -9,11 +9,13 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/zakirkun/isekai/admin"
+	"github.com/zakirkun/isekai/cluster"
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/gateway"
 	"github.com/zakirkun/isekai/projections"
@@ -111,6 +113,9 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	store := events.NewPostgresStore(pool)
 	snaps := events.NewSnapshotStore(pool)
 	pers := newPersister(cfg, routes, snaps, id, log)
+	// registry is set once the listeners are open (it names their
+	// addresses); the handler reports each applied position to it.
+	var registry atomic.Pointer[cluster.Registry]
 
 	handler := func(_ context.Context, evs []events.Event) error {
 		t, err := routes.Apply(evs)
@@ -120,6 +125,9 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		}
 		log.Debug("route table swapped", "position", t.Position(), "routes", t.Len())
 		pers.changed()
+		if reg := registry.Load(); reg != nil {
+			reg.Report(t.Position())
+		}
 		return nil
 	}
 	// attach ties the table to the log and starts following it.
@@ -192,6 +200,30 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		recorder = requestLogRecorder{w: requestLog, node: id}
 	}
 
+	proxyLn, err := net.Listen("tcp", net.JoinHostPort(cfg.ServerHost, strconv.Itoa(cfg.ServerPort)))
+	if err != nil {
+		return nil, fmt.Errorf("opening proxy listener: %w", err)
+	}
+	cleanup = append(cleanup, func() { proxyLn.Close() })
+	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
+	if err != nil {
+		return nil, fmt.Errorf("opening admin listener: %w", err)
+	}
+	cleanup = append(cleanup, func() { adminLn.Close() })
+	reg, err := cluster.New(cluster.Config{
+		Pool: pool, NodeID: id, ProxyAddr: proxyLn.Addr().String(), AdminAddr: adminLn.Addr().String(),
+		Version: version, HeartbeatInterval: cfg.HeartbeatInterval, StaleAfter: cfg.NodeStaleAfter, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := reg.Start(bctx); err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, func() { reg.Stop(context.Background()) })
+	registry.Store(reg)
+	reg.Report(routes.Table().Position())
+
 	gw, err := gateway.New(gateway.Config{
 		ReadTimeout:         cfg.ReadTimeout,
 		WriteTimeout:        cfg.WriteTimeout,
@@ -222,6 +254,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	}
 	acfg.Verifier = admin.PostgresVerifier{Pool: pool}
 	acfg.Snapshots = projections.PostgresSnapshots{Store: snaps}
+	acfg.Cluster = reg
 	acfg.Persistence = func() any {
 		return struct {
 			persistStatus
@@ -235,15 +268,6 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	adm, err := admin.New(acfg, store, routes, following)
 	if err != nil {
 		return nil, err
-	}
-	proxyLn, err := net.Listen("tcp", net.JoinHostPort(cfg.ServerHost, strconv.Itoa(cfg.ServerPort)))
-	if err != nil {
-		return nil, fmt.Errorf("opening proxy listener: %w", err)
-	}
-	adminLn, err := net.Listen("tcp", net.JoinHostPort(cfg.AdminHost, strconv.Itoa(cfg.AdminPort)))
-	if err != nil {
-		proxyLn.Close()
-		return nil, fmt.Errorf("opening admin listener: %w", err)
 	}
 	log.Info("isekai node serving", "proxy", proxyLn.Addr().String(), "admin", adminLn.Addr().String(),
 		"applied_position", routes.Table().Position(), "version", version)
@@ -270,6 +294,9 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			}
 			cancel()
 		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		reg.Stop(rctx) // a graceful leave: waits stop counting this node
+		rcancel()
 		stopAll()
 		following.stop()
 		pool.Close()
