@@ -78,11 +78,9 @@ func (r *Routes) Apply(evs []events.Event) (*RouteTable, error) {
 
 	var next *RouteTable
 	if routeEvents {
-		state := r.state.Clone()
-		for _, ev := range evs {
-			if err := state.Apply(ev); err != nil {
-				return nil, fmt.Errorf("applying route events: %w", err)
-			}
+		state, err := fold(r.state, evs)
+		if err != nil {
+			return nil, fmt.Errorf("applying route events: %w", err)
 		}
 		t, err := state.Build()
 		if err != nil {
@@ -126,6 +124,29 @@ func (r *Routes) Restore(state *RouteState) (*RouteTable, error) {
 	r.changed = make(chan struct{})
 	r.mu.Unlock()
 	return t, nil
+}
+
+// batchFoldAt is the batch size from which Apply folds with a BatchFold
+// (one decode per route, one sort) rather than event by event (one decode
+// per event, one insertion each).
+const batchFoldAt = 256
+
+// fold applies evs to a copy of state.
+func fold(state *RouteState, evs []events.Event) (*RouteState, error) {
+	if len(evs) >= batchFoldAt {
+		f := NewBatchFold(state.Clone())
+		if err := f.Add(evs); err != nil {
+			return nil, err
+		}
+		return f.Finish()
+	}
+	state = state.Clone()
+	for _, ev := range evs {
+		if err := state.Apply(ev); err != nil {
+			return nil, err
+		}
+	}
+	return state, nil
 }
 
 func byPosition(a, b events.Event) int { return cmp.Compare(a.Position, b.Position) }

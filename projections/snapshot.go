@@ -234,21 +234,26 @@ func ReplayState(ctx context.Context, r EventReader, snaps SnapshotLoader, at At
 		}
 	}
 	f := events.Filter{After: state.Position(), To: at.Position, Until: at.Time, Limit: events.MaxReadLimit}
+	fold := NewBatchFold(state)
 	for {
 		evs, err := r.Read(ctx, f)
 		if err != nil {
 			return nil, stats, fmt.Errorf("replaying the log: %w", err)
 		}
-		for _, ev := range evs {
-			if err := state.Apply(ev); err != nil {
-				return nil, stats, fmt.Errorf("replaying the log: %w", err)
-			}
-			f.After = ev.Position
+		if err := fold.Add(evs); err != nil {
+			return nil, stats, fmt.Errorf("replaying the log: %w", err)
+		}
+		if len(evs) > 0 {
+			f.After = evs[len(evs)-1].Position
 		}
 		stats.Events += len(evs)
 		if len(evs) < events.MaxReadLimit {
 			break
 		}
+	}
+	state, err := fold.Finish()
+	if err != nil {
+		return nil, stats, fmt.Errorf("replaying the log: %w", err)
 	}
 	return state, stats, nil
 }

@@ -84,8 +84,8 @@ func randomLog(t testing.TB, rng *rand.Rand, n int) []events.Event {
 	return evs
 }
 
-// fold applies evs to state and builds the table.
-func fold(t testing.TB, state *RouteState, evs []events.Event) *RouteTable {
+// foldAll applies evs to state, event by event, and builds the table.
+func foldAll(t testing.TB, state *RouteState, evs []events.Event) *RouteTable {
 	t.Helper()
 	for _, ev := range evs {
 		if err := state.Apply(ev); err != nil {
@@ -122,10 +122,10 @@ func TestSnapshotPlusTailEqualsReplay(t *testing.T) {
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, seed*7919))
 		evs := randomLog(t, rng, 1+rng.IntN(120))
-		full := fold(t, NewRouteState(), evs)
+		full := foldAll(t, NewRouteState(), evs)
 
 		cut := 1 + rng.IntN(len(evs))
-		atCut := fold(t, NewRouteState(), evs[:cut])
+		atCut := foldAll(t, NewRouteState(), evs[:cut])
 		data, err := NewSnapshot(atCut, bytes.Repeat([]byte{7}, 32), "n1").Encode()
 		if err != nil {
 			t.Fatal(err)
@@ -138,7 +138,7 @@ func TestSnapshotPlusTailEqualsReplay(t *testing.T) {
 		if err != nil {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
-		got := fold(t, state, evs[cut:])
+		got := foldAll(t, state, evs[cut:])
 		if a, b := tableJSON(t, got), tableJSON(t, full); !bytes.Equal(a, b) {
 			t.Fatalf("seed %d, cut %d of %d: snapshot + tail differs from a full replay\n got %s\nwant %s", seed, cut, len(evs), a, b)
 		}
@@ -243,7 +243,7 @@ func TestReplayFromSnapshot(t *testing.T) {
 	log := &sliceLog{evs: evs}
 	snaps := &memSnapshots{}
 	for _, p := range []int{100, 250, 400} {
-		snaps.snaps = append(snaps.snaps, NewSnapshot(fold(t, NewRouteState(), evs[:p]), make([]byte, 32), ""))
+		snaps.snaps = append(snaps.snaps, NewSnapshot(foldAll(t, NewRouteState(), evs[:p]), make([]byte, 32), ""))
 	}
 	for _, tc := range []struct {
 		at       At
