@@ -50,6 +50,7 @@ var client = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPer
 func main() {
 	mode := flag.String("mode", "propagation", "propagation, churn, outage or replay")
 	nevents := flag.Int("events", 1000000, "events in the log (replay)")
+	pgDir := flag.String("pgdir", "", "keep Postgres in this directory across runs (replay reuses a log of the same length)")
 	outage := flag.Duration("outage", 30*time.Second, "how long Postgres is down (outage)")
 	reqRate := flag.Int("req-rate", 1000, "proxied requests per second (outage)")
 	bin := flag.String("bin", "bin/isekai", "isekai binary")
@@ -66,7 +67,12 @@ func main() {
 	// As root the managed server runs as postgres, which must reach it.
 	check(os.Chmod(dir, 0o755))
 	ctx := context.Background()
-	pg, err := pglocal.Start(ctx, pglocal.Config{Dir: filepath.Join(dir, "pg")})
+	pgPath := filepath.Join(dir, "pg")
+	if *pgDir != "" {
+		pgPath = *pgDir
+		check(os.MkdirAll(pgPath, 0o755))
+	}
+	pg, err := pglocal.Start(ctx, pglocal.Config{Dir: pgPath})
 	check(err)
 	defer pg.Stop()
 	db := pg.URL("isekai")

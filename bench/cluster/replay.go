@@ -36,7 +36,15 @@ func replayRun(ctx context.Context, dir, db, bin, backend string, nevents, nrout
 	defer pool.Close()
 	store := events.NewPostgresStore(pool)
 	snaps := events.NewSnapshotStore(pool)
-	ids := generate(ctx, store, backend, nevents, nroutes)
+	head, err := store.Head(ctx)
+	check(err)
+	var ids []uuid.UUID
+	if head == int64(nevents) {
+		fmt.Printf("reusing the log of %d events\n", head)
+		ids = routeIDs(ctx, pool, nroutes)
+	} else {
+		ids = generate(ctx, store, backend, nevents, nroutes)
+	}
 
 	fmt.Printf("\nreplay of %d events (%d routes):\n", nevents, nroutes)
 	for i := range 3 {
@@ -46,6 +54,8 @@ func replayRun(ctx context.Context, dir, db, bin, backend string, nevents, nrout
 		fmt.Printf("  from scratch, run %d: %v (table at %d, %d routes)\n", i+1, time.Since(start).Round(time.Millisecond), t.Position(), t.Len())
 	}
 
+	_, err = pool.Exec(ctx, `TRUNCATE snapshots`)
+	check(err)
 	start := time.Now()
 	count, bytes := writeSnapshots(ctx, store, snaps, int64(nevents))
 	fmt.Printf("  wrote %d snapshots (%.1f MB, %.2f MB each) in %v\n", count, float64(bytes)/1e6, float64(bytes)/1e6/float64(count), time.Since(start).Round(time.Millisecond))
@@ -103,6 +113,20 @@ func replayRun(ctx context.Context, dir, db, bin, backend string, nevents, nrout
 		}
 		report(fmt.Sprintf("point-in-time read %s, %d random positions", tc.name, tc.k), ds)
 	}
+}
+
+// routeIDs reads back the IDs of the first nroutes routes, in order.
+func routeIDs(ctx context.Context, pool *pgxpool.Pool, nroutes int) []uuid.UUID {
+	rows, err := pool.Query(ctx, `SELECT substr(stream, 7)::uuid FROM events WHERE position <= $1 ORDER BY position`, nroutes)
+	check(err)
+	var ids []uuid.UUID
+	for rows.Next() {
+		var id uuid.UUID
+		check(rows.Scan(&id))
+		ids = append(ids, id)
+	}
+	check(rows.Err())
+	return ids
 }
 
 // generate appends nevents route events: nroutes creates, then updates of
