@@ -40,11 +40,21 @@ func (s *Server) getRoute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	t, historical, err := s.tableAt(c)
+	var (
+		r          *projections.Route
+		found      bool
+		historical = c.Query("at") != ""
+	)
+	if historical {
+		r, found, err = s.routeAt(c, id)
+	} else {
+		t := s.routes.Table()
+		c.Set(headerPosition, strconv.FormatInt(t.Position(), 10))
+		r, found = t.Get(id)
+	}
 	if err != nil {
 		return err
 	}
-	r, found := t.Get(id)
 	if !found {
 		return errNotFound()
 	}

@@ -22,6 +22,9 @@ type Store interface {
 	ReadStream(ctx context.Context, stream string) ([]Event, error)
 	// Head returns the position of the newest event, 0 for an empty log.
 	Head(ctx context.Context) (int64, error)
+	// PositionAt returns the position of the last event created at or
+	// before t, 0 when there is none.
+	PositionAt(ctx context.Context, t time.Time) (int64, error)
 }
 
 // AppendRequest is one atomic append.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -143,6 +144,18 @@ func (s *PostgresStore) Head(ctx context.Context) (int64, error) {
 		return 0, translate("reading head", err)
 	}
 	return head, nil
+}
+
+// PositionAt implements Store. Events of one append share a created_at;
+// both lookups run on the created_at index.
+func (s *PostgresStore) PositionAt(ctx context.Context, t time.Time) (int64, error) {
+	var pos int64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM events
+		WHERE created_at = (SELECT max(created_at) FROM events WHERE created_at <= $1)`, t).Scan(&pos)
+	if err != nil {
+		return 0, translate("finding the position at a time", err)
+	}
+	return pos, nil
 }
 
 func (s *PostgresStore) query(ctx context.Context, what, q string, args ...any) ([]Event, error) {

@@ -239,6 +239,20 @@ func testReadFiltersAudit(t *testing.T, s events.Store) {
 		t.Fatalf("created_at does not advance: %v, %v", since, until)
 	}
 	for _, tc := range []struct {
+		at   time.Time
+		want int64
+	}{
+		{all[0].CreatedAt.Add(-time.Hour), 0},
+		{all[0].CreatedAt, all[0].Position},
+		{until, all[8].Position},
+		{until.Add(time.Microsecond), all[8].Position},
+		{all[11].CreatedAt.Add(time.Hour), all[11].Position},
+	} {
+		if got, err := s.PositionAt(ctx(t), tc.at); err != nil || got != tc.want {
+			t.Errorf("PositionAt(%v) = %d, %v; want %d", tc.at, got, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
 		name string
 		f    events.Filter
 		want func(e events.Event) bool
