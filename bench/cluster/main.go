@@ -5,6 +5,7 @@
 //	-mode propagation: appends K route changes through one node's admin API
 //	  and, for each, times how long until every node's proxy serves it
 //	  (p50/p99/max, from the write's request and from its response);
+//	-mode wait: times K admin writes with ?wait=cluster and K without;
 //	-mode outage: proxies a steady request rate through one node, stops
 //	  Postgres for a while in the middle, starts it again, and counts the
 //	  requests missing from request_logs;
@@ -48,7 +49,7 @@ import (
 var client = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
 
 func main() {
-	mode := flag.String("mode", "propagation", "propagation, churn, outage or replay")
+	mode := flag.String("mode", "propagation", "propagation, wait, churn, outage or replay")
 	nevents := flag.Int("events", 1000000, "events in the log (replay)")
 	pgDir := flag.String("pgdir", "", "keep Postgres in this directory across runs (replay reuses a log of the same length)")
 	outage := flag.Duration("outage", 30*time.Second, "how long Postgres is down (outage)")
@@ -98,6 +99,8 @@ func main() {
 		outageRun(ctx, pg, db, procs[0], backend, *reqRate, *outage)
 	case "churn":
 		churn(ctx, db, procs[0], backend, *nroutes, *dur, *rate)
+	case "wait":
+		waitRun(procs, backend, *k)
 	case "replay":
 		replayRun(ctx, dir, db, *bin, backend, *nevents, *nroutes)
 	default:
