@@ -74,7 +74,8 @@ $$;
 -- heartbeat_at always, and NOTIFYs when the position moved. It returns the
 -- instance that owns the row: p_instance on success, another instance when
 -- the row was taken over (nothing is changed), NULL when there is no row
--- (forgotten or wiped; the node registers again).
+-- (forgotten or wiped; the node registers again). It commits without
+-- waiting for the WAL flush (synchronous_commit off for its transaction).
 CREATE FUNCTION isekai_node_report(
     p_id       text,
     p_instance uuid,
@@ -85,6 +86,10 @@ DECLARE
     v_owner uuid;
     v_old   bigint;
 BEGIN
+    -- A report is soon superseded and re-sent after a restart: it need not
+    -- wait for the WAL flush, which is most of its latency (and of a
+    -- ?wait=cluster write's).
+    PERFORM set_config('synchronous_commit', 'off', true);
     SELECT instance, applied_position INTO v_owner, v_old
     FROM nodes WHERE id = p_id FOR UPDATE;
     IF NOT FOUND OR v_owner <> p_instance THEN
