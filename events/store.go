@@ -60,6 +60,9 @@ type Filter struct {
 	// unless the database's clock steps back.
 	Since time.Time
 	Until time.Time
+	// NoMetadata leaves every event's Metadata empty: for readers that fold
+	// data only (replays), which then skip decoding it.
+	NoMetadata bool
 }
 
 // DefaultReadLimit bounds a Read with no Limit; MaxReadLimit bounds any.

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -91,7 +92,10 @@ func (s *PostgresStore) Append(ctx context.Context, req AppendRequest) (AppendRe
 	return res, nil
 }
 
-const selectEvents = `SELECT position, event_id, stream, version, type, data, metadata, created_at FROM events `
+const (
+	selectEvents           = `SELECT position, event_id, stream, version, type, data, metadata, created_at FROM events `
+	selectEventsNoMetadata = `SELECT position, event_id, stream, version, type, data, NULL::jsonb, created_at FROM events `
+)
 
 // Read implements Store.
 func (s *PostgresStore) Read(ctx context.Context, f Filter) ([]Event, error) {
@@ -101,6 +105,9 @@ func (s *PostgresStore) Read(ctx context.Context, f Filter) ([]Event, error) {
 	}
 	limit = min(limit, MaxReadLimit)
 	q := selectEvents + `WHERE position > $1`
+	if f.NoMetadata {
+		q = selectEventsNoMetadata + `WHERE position > $1`
+	}
 	args := []any{f.After}
 	if f.Stream != "" {
 		args = append(args, f.Stream)
@@ -128,12 +135,17 @@ func (s *PostgresStore) Read(ctx context.Context, f Filter) ([]Event, error) {
 	}
 	args = append(args, limit)
 	q += ` ORDER BY position LIMIT $` + strconv.Itoa(len(args))
-	return s.query(ctx, "reading events", q, args...)
+	// Pages above the default are bulk reads: size them up front.
+	capacity := 0
+	if limit > DefaultReadLimit {
+		capacity = limit
+	}
+	return s.query(ctx, "reading events", capacity, q, args...)
 }
 
 // ReadStream implements Store.
 func (s *PostgresStore) ReadStream(ctx context.Context, stream string) ([]Event, error) {
-	return s.query(ctx, "reading stream", selectEvents+`WHERE stream = $1 ORDER BY version`, stream)
+	return s.query(ctx, "reading stream", 0, selectEvents+`WHERE stream = $1 ORDER BY version`, stream)
 }
 
 // Head implements Store.
@@ -158,29 +170,36 @@ func (s *PostgresStore) PositionAt(ctx context.Context, t time.Time) (int64, err
 	return pos, nil
 }
 
-func (s *PostgresStore) query(ctx context.Context, what, q string, args ...any) ([]Event, error) {
+func (s *PostgresStore) query(ctx context.Context, what string, capacity int, q string, args ...any) ([]Event, error) {
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, translate(what, err)
 	}
-	out, err := scanEvents(rows)
+	out, err := scanEvents(rows, capacity)
 	if err != nil {
 		return nil, translate(what, err)
 	}
 	return out, nil
 }
 
-func scanEvents(rows pgx.Rows) ([]Event, error) {
+// scanEvents reads rows of selectEvents. capacity sizes the result up
+// front: bulk readers (replays) read pages of thousands of events, and
+// growing a slice of them by doubling cost more than reading them.
+func scanEvents(rows pgx.Rows, capacity int) ([]Event, error) {
 	defer rows.Close()
-	out := []Event{}
+	out := make([]Event, 0, capacity)
+	var id pgtype.UUID
 	for rows.Next() {
 		var (
 			e    Event
 			d, m []byte
 		)
-		if err := rows.Scan(&e.Position, &e.ID, &e.Stream, &e.Version, &e.Type, &d, &m, &e.CreatedAt); err != nil {
+		// The id scans as 16 binary bytes: uuid.UUID would go through its
+		// text form.
+		if err := rows.Scan(&e.Position, &id, &e.Stream, &e.Version, &e.Type, &d, &m, &e.CreatedAt); err != nil {
 			return nil, err
 		}
+		e.ID = uuid.UUID(id.Bytes)
 		e.Data = json.RawMessage(d)
 		if len(m) > 0 {
 			if err := json.Unmarshal(m, &e.Metadata); err != nil {

@@ -233,7 +233,7 @@ func ReplayState(ctx context.Context, r EventReader, snaps SnapshotLoader, at At
 			}
 		}
 	}
-	f := events.Filter{After: state.Position(), To: at.Position, Until: at.Time, Limit: events.MaxReadLimit}
+	f := events.Filter{After: state.Position(), To: at.Position, Until: at.Time, Limit: events.MaxReadLimit, NoMetadata: true}
 	fold := NewBatchFold(state)
 	for {
 		evs, err := r.Read(ctx, f)

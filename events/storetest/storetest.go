@@ -90,6 +90,15 @@ func testAppend(t *testing.T, s events.Store) {
 	if h, _ := s.Head(ctx(t)); h != 5 {
 		t.Errorf("Head = %d, want 5", h)
 	}
+	bare, err := s.Read(ctx(t), events.Filter{NoMetadata: true})
+	if err != nil || len(bare) != 5 {
+		t.Fatalf("Read without metadata: %d events, %v", len(bare), err)
+	}
+	for i, e := range bare {
+		if e.Metadata != (events.Metadata{}) || e.Position != got[i].Position || string(e.Data) != string(got[i].Data) || e.Stream != got[i].Stream {
+			t.Errorf("event %d without metadata = %+v", i, e)
+		}
+	}
 	after, _ := s.Read(ctx(t), events.Filter{After: 3})
 	if len(after) != 2 || after[0].Position != 4 {
 		t.Errorf("Read after 3 = %+v", after)
