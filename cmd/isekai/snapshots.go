@@ -249,14 +249,17 @@ func restoreTable(ctx context.Context, routes *projections.Routes, store *events
 			log.Warn("the local route table snapshot is not from this database's log; ignoring it", "file", file, "position", local.Position)
 		}
 	}
-	snap, found, err := projections.PostgresSnapshots{Store: store}.LoadSnapshot(ctx, projections.At{})
+	stored, found, err := store.Latest(ctx, 0, time.Time{})
 	if err != nil {
 		return src, 0, 0, err
 	}
 	if found {
-		dbAt = snap.Position
-		if best == nil || snap.Position > best.Position {
-			best = &snap
+		dbAt = stored.Position
+		// Decoded only when it is newer than the local file.
+		if best == nil || stored.Position > best.Position {
+			if snap, err := projections.DecodeSnapshot(stored.Data); err == nil && snap.Position == stored.Position {
+				best = &snap
+			}
 		}
 	}
 	if best == nil {
