@@ -298,6 +298,10 @@ const (
 	registerSQL = `SELECT isekai_node_register($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	reportSQL   = `SELECT isekai_node_report($1, $2, $3)`
 	forgetSQL   = `DELETE FROM nodes WHERE heartbeat_at < now() - $1::bigint * interval '1 microsecond'`
+	// Waits last at most a minute; older rows were left by a crash.
+	forgetWaitsSQL = `DELETE FROM node_waits WHERE since < now() - interval '5 minutes'`
+	waitBeginSQL   = `SELECT isekai_node_wait_begin($1, $2)`
+	waitEndSQL     = `DELETE FROM node_waits WHERE id = $1`
 )
 
 // write sends one registration, or one report (with the forgetting of long
@@ -314,6 +318,7 @@ func (r *Registry) write(ctx context.Context, pos int64, register, heartbeat boo
 		})
 		if heartbeat {
 			b.Queue(forgetSQL, r.cfg.ForgetAfter.Microseconds())
+			b.Queue(forgetWaitsSQL)
 		}
 		if err := r.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("reporting position %d: %w", pos, err)

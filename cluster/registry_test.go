@@ -427,6 +427,10 @@ func TestReportCoalesces(t *testing.T) {
 	if _, err := watch.Exec(t.Context(), "LISTEN "+NotifyChannel); err != nil {
 		t.Fatal(err)
 	}
+	// Reports notify while a write waits: count them by their notifications.
+	if _, err := watch.Exec(t.Context(), "SELECT isekai_node_wait_begin(gen_random_uuid(), 1)"); err != nil {
+		t.Fatal(err)
+	}
 
 	const n = 10000
 	start := time.Now()
@@ -623,4 +627,70 @@ func BenchmarkReportWait(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N), "ns/wait")
+}
+
+// Reports NOTIFY only while a write waits for a position they reach (a
+// NOTIFY serializes commits with every other notifying transaction), and a
+// wait removes its row when it ends.
+func TestReportsNotifyOnlyWhileWaited(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewMigratedDatabase(t)
+	pool := newPool(t, url)
+	a := startRegistry(t, pool, Config{NodeID: "node-a"}, notifyOnly)
+	waitView(t, a, 5*time.Second, "registered", positions(map[string]int64{"node-a": 0}))
+	watch, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Close(context.Background()) })
+	if _, err := watch.Exec(t.Context(), "LISTEN "+NotifyChannel); err != nil {
+		t.Fatal(err)
+	}
+	notified := func() []string {
+		var got []string
+		for {
+			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+			n, err := watch.WaitForNotification(ctx)
+			cancel()
+			if err != nil {
+				return got
+			}
+			got = append(got, n.Payload)
+		}
+	}
+
+	a.Report(3)
+	waitView(t, a, 5*time.Second, "at 3", positions(map[string]int64{"node-a": 3}))
+	if got := notified(); len(got) != 0 {
+		t.Fatalf("reports with no write waiting notified %q", got)
+	}
+
+	head := appendEvents(t, pool, 5)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.WaitApplied(t.Context(), head)
+		done <- err
+	}()
+	waitUntil(t, 5*time.Second, "the wait recorded", func() bool {
+		var n int
+		_ = pool.QueryRow(t.Context(), `SELECT count(*) FROM node_waits`).Scan(&n)
+		return n == 1
+	})
+	a.Report(head)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the wait was not woken by the report's notification")
+	}
+	if got := notified(); len(got) != 1 || got[0] != fmt.Sprintf("node-a:%d", head) {
+		t.Fatalf("notifications while a write waited: %q", got)
+	}
+	waitUntil(t, 5*time.Second, "the wait's row removed", func() bool {
+		var n int
+		_ = pool.QueryRow(t.Context(), `SELECT count(*) FROM node_waits`).Scan(&n)
+		return n == 0
+	})
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Node is one row of the registry as seen at one moment.
@@ -103,14 +105,26 @@ func (r *Registry) read(ctx context.Context) (View, time.Time, error) {
 // once when no node is live). When ctx ends first, it returns the live
 // nodes still behind at the last read and an error wrapping ctx.Err().
 //
-// It re-reads the registry whenever a notification on NotifyChannel
-// arrives, when a node that is behind would turn stale, every ~100ms while
+// It records the wait in node_waits, which makes the reports that reach
+// position NOTIFY, and re-reads the registry whenever a notification on
+// NotifyChannel arrives, when a node that is behind would turn stale, every ~100ms while
 // the LISTEN session is down, and every second regardless. Each waiter
 // reads on its own; waits are meant for writes (a few at a time), not for
 // every request.
 func (r *Registry) WaitApplied(ctx context.Context, position int64) ([]Node, error) {
 	if position <= 0 {
 		return nil, nil
+	}
+	// Announce the wait, so that reports reaching position NOTIFY (they
+	// stay silent otherwise). Without it (the database is down) the wait
+	// still ends, by polling.
+	id := uuid.New()
+	if _, err := r.cfg.Pool.Exec(ctx, waitBeginSQL, id, position); err == nil {
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+			defer cancel()
+			_, _ = r.cfg.Pool.Exec(dctx, waitEndSQL, id)
+		}()
 	}
 	var (
 		behind  []Node

@@ -11,10 +11,19 @@
 -- and told the owner, so two processes sharing one id are detected by the
 -- one that lost the row instead of flapping it back and forth.
 --
--- Every change a waiter may care about (a join, a position that moved, a
--- leave) NOTIFYs isekai_nodes with 'id:position'. Like isekai_events, the
--- notification is only a wake-up: waiters re-read the table. Heartbeats that
--- move nothing do not notify; a node that dies turns stale by time alone.
+-- Joins and leaves NOTIFY isekai_nodes with 'id:position'; so does a report
+-- that moves a node's position, but only while some write waits for the
+-- cluster (a row in node_waits at or below that position): a NOTIFY
+-- serializes its transaction's commit with every other notifying commit,
+-- appends included, so reports nobody waits for stay silent. Like
+-- isekai_events, the notification is only a wake-up: waiters re-read the
+-- table. Heartbeats that move nothing do not notify; a node that dies turns
+-- stale by time alone.
+--
+-- The wait lock 7305692537 closes the race between a waiter and a report:
+-- reports hold it shared until they commit; a waiter registers under it
+-- exclusive, so a report either sees the waiter's row or commits before the
+-- waiter's first read of nodes.
 
 CREATE TABLE nodes (
     id               text        PRIMARY KEY CHECK (id <> ''),
@@ -30,6 +39,25 @@ CREATE TABLE nodes (
     heartbeat_at     timestamptz NOT NULL,
     stopped_at       timestamptz
 );
+
+-- node_waits holds the writes waiting for every live node to apply a
+-- position (?wait=cluster). Unlogged: a crash loses only waits that ended
+-- with it; rows a crashed waiter left are deleted by the heartbeats after
+-- five minutes (a wait lasts at most one).
+CREATE UNLOGGED TABLE node_waits (
+    id       uuid        PRIMARY KEY,
+    position bigint      NOT NULL,
+    since    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX node_waits_position ON node_waits (position);
+
+CREATE FUNCTION isekai_node_wait_begin(p_id uuid, p_position bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7305692537);
+    INSERT INTO node_waits (id, position) VALUES (p_id, p_position);
+END
+$$;
 
 -- isekai_node_register upserts the row of node p_id for instance p_instance,
 -- taking it over from any other instance: its details, its applied position
@@ -71,7 +99,8 @@ $$;
 -- isekai_node_report is a node's report and heartbeat in one round trip.
 -- When the row belongs to p_instance it raises applied_position to
 -- p_position (never lowers it), stamps applied_at when it moved and
--- heartbeat_at always, and NOTIFYs when the position moved. It returns the
+-- heartbeat_at always, and NOTIFYs when the position moved and a write
+-- waits for it. It returns the
 -- instance that owns the row: p_instance on success, another instance when
 -- the row was taken over (nothing is changed), NULL when there is no row
 -- (forgotten or wiped; the node registers again). It commits without
@@ -90,6 +119,7 @@ BEGIN
     -- wait for the WAL flush, which is most of its latency (and of a
     -- ?wait=cluster write's).
     PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock_shared(7305692537);
     SELECT instance, applied_position INTO v_owner, v_old
     FROM nodes WHERE id = p_id FOR UPDATE;
     IF NOT FOUND OR v_owner <> p_instance THEN
@@ -98,7 +128,9 @@ BEGIN
     IF p_position > v_old THEN
         UPDATE nodes SET applied_position = p_position, applied_at = now(), heartbeat_at = now()
         WHERE id = p_id;
-        PERFORM pg_notify('isekai_nodes', p_id || ':' || p_position);
+        IF EXISTS (SELECT 1 FROM node_waits WHERE position <= p_position) THEN
+            PERFORM pg_notify('isekai_nodes', p_id || ':' || p_position);
+        END IF;
     ELSE
         UPDATE nodes SET heartbeat_at = now() WHERE id = p_id;
     END IF;

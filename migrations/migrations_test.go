@@ -218,6 +218,12 @@ func TestNodeFunctions(t *testing.T) {
 	if _, pos, applied, _ := row(); pos != 5 || !applied {
 		t.Errorf("after reports 5 then 3: position %d, applied_at set %v", pos, applied)
 	}
+	// Reports notify only once a write waits for a position they reach.
+	if _, err := conn.Exec(ctx, `SELECT isekai_node_wait_begin(gen_random_uuid(), 7)`); err != nil {
+		t.Fatal(err)
+	}
+	report("n1", a, 6) // below the wait: silent
+	report("n1", a, 7) // reaches it: n1:7
 	if owner := report("n1", b, 9); owner == nil || *owner != a {
 		t.Errorf("report by another instance returned %v, want the owner %s", owner, a)
 	}
@@ -249,7 +255,7 @@ func TestNodeFunctions(t *testing.T) {
 		}
 		payloads = append(payloads, n.Payload)
 	}
-	if want := []string{"n1:0", "n1:5", "n1:2", "n1:4"}; !slices.Equal(payloads, want) {
+	if want := []string{"n1:0", "n1:7", "n1:2", "n1:4"}; !slices.Equal(payloads, want) {
 		t.Errorf("notifications %q, want %q", payloads, want)
 	}
 }
