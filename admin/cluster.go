@@ -10,17 +10,17 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/zakirkun/isekai/cluster"
+	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/projections"
 )
 
-// ClusterView is the node registry as the admin reads it (a
-// *cluster.Registry).
-type ClusterView interface {
-	View(ctx context.Context) (cluster.View, error)
+// Cluster is the node registry as the admin reads it (an
+// *events.NodeRegistry).
+type Cluster interface {
+	View(ctx context.Context) (events.ClusterView, error)
 	// WaitApplied returns once every live node has applied position, or at
 	// ctx's end with the live nodes still behind.
-	WaitApplied(ctx context.Context, position int64) ([]cluster.Node, error)
+	WaitApplied(ctx context.Context, position int64) ([]events.Node, error)
 }
 
 // Bounds of ?timeout= on writes with ?wait=cluster.
@@ -31,10 +31,10 @@ const (
 
 // clusterBody is GET /api/cluster.
 type clusterBody struct {
-	Head  int64          `json:"head"`
-	Live  int            `json:"live"`
-	Stale int            `json:"stale"`
-	Nodes []cluster.Node `json:"nodes"`
+	Head  int64         `json:"head"`
+	Live  int           `json:"live"`
+	Stale int           `json:"stale"`
+	Nodes []events.Node `json:"nodes"`
 }
 
 // clusterView lists the nodes of the cluster, live ones first, with their
@@ -51,7 +51,7 @@ func (s *Server) clusterView(c *fiber.Ctx) error {
 	}
 	out := clusterBody{Head: v.Head, Nodes: v.Nodes}
 	if out.Nodes == nil {
-		out.Nodes = []cluster.Node{}
+		out.Nodes = []events.Node{}
 	}
 	for _, n := range v.Nodes {
 		if n.Live {
@@ -122,7 +122,7 @@ func (s *Server) waitCluster(c *fiber.Ctx, w waitOption, position int64) error {
 		msg += " (the node registry could not be read)"
 	}
 	if behind == nil {
-		behind = []cluster.Node{}
+		behind = []events.Node{}
 	}
 	c.Set(headerPosition, strconv.FormatInt(position, 10))
 	return &apiError{status: fiber.StatusGatewayTimeout, code: "cluster_timeout", message: msg, position: position, laggards: behind}

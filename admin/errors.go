@@ -1,8 +1,6 @@
 package admin
 
 import (
-	"github.com/zakirkun/isekai/cluster"
-
 	"context"
 	"errors"
 
@@ -21,7 +19,7 @@ type apiError struct {
 	// position and laggards describe a write that committed but did not
 	// reach every node in time (cluster_timeout).
 	position int64
-	laggards []cluster.Node
+	laggards []events.Node
 }
 
 func (e *apiError) Error() string { return e.message }
@@ -42,8 +40,8 @@ type errorBody struct {
 	Fields  []projections.FieldError `json:"fields,omitempty"`
 	// Position and Laggards come with cluster_timeout: the write committed
 	// at Position, and these live nodes had not applied it.
-	Position int64          `json:"position,omitempty"`
-	Laggards []cluster.Node `json:"laggards,omitempty"`
+	Position int64         `json:"position,omitempty"`
+	Laggards []events.Node `json:"laggards,omitempty"`
 }
 
 // errorHandler maps every error of the admin listener to a status, in one

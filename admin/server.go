@@ -44,7 +44,7 @@ type Config struct {
 	Snapshots projections.SnapshotLoader
 	// Cluster serves GET /api/cluster and ?wait=cluster on writes; nil
 	// answers 501 to both.
-	Cluster ClusterView
+	Cluster Cluster
 	// Persistence reports the node's snapshots and local last-good file in
 	// /api/status; nil leaves them out.
 	Persistence func() any

@@ -1,4 +1,4 @@
--- The node registry (cluster/registry.go): one row per gateway node, so the
+-- The node registry (events/nodes.go): one row per gateway node, so the
 -- cluster's convergence is visible and waitable. Each node upserts its row
 -- at start, reports every position it applies and heartbeats in between;
 -- a graceful stop sets stopped_at. Liveness is computed by readers with the

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/zakirkun/isekai/admin"
-	"github.com/zakirkun/isekai/cluster"
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/gateway"
 	"github.com/zakirkun/isekai/projections"
@@ -115,7 +114,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 	pers := newPersister(cfg, routes, snaps, id, log)
 	// registry is set once the listeners are open (it names their
 	// addresses); the handler reports each applied position to it.
-	var registry atomic.Pointer[cluster.Registry]
+	var registry atomic.Pointer[events.NodeRegistry]
 
 	handler := func(_ context.Context, evs []events.Event) error {
 		t, err := routes.Apply(evs)
@@ -210,7 +209,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		return nil, fmt.Errorf("opening admin listener: %w", err)
 	}
 	cleanup = append(cleanup, func() { adminLn.Close() })
-	reg, err := cluster.New(cluster.Config{
+	reg, err := events.NewNodeRegistry(events.NodeRegistryConfig{
 		Pool: pool, NodeID: id, ProxyAddr: proxyLn.Addr().String(), AdminAddr: adminLn.Addr().String(),
 		Version: version, HeartbeatInterval: cfg.HeartbeatInterval, StaleAfter: cfg.NodeStaleAfter, Logger: log,
 	})

@@ -1,4 +1,4 @@
-package cluster
+package events
 
 import (
 	"context"
@@ -31,20 +31,20 @@ type Node struct {
 	Live bool `json:"live"`
 	// Lag is how many events the node is behind the head of the log.
 	Lag int64 `json:"lag"`
-	// Self marks the row of the Registry that read it.
+	// Self marks the row of the NodeRegistry that read it.
 	Self bool `json:"self"`
 }
 
-// View is the registry with the head of the log, read in one statement.
-type View struct {
+// ClusterView is the registry with the head of the log, read in one statement.
+type ClusterView struct {
 	Head int64 `json:"head"`
 	// Nodes lists live nodes first, then by id.
 	Nodes []Node `json:"nodes"`
 }
 
-// viewSQL reads the head, the database clock and every node in one
+// clusterViewSQL reads the head, the database clock and every node in one
 // statement; the LEFT JOIN keeps the head when there are no nodes.
-const viewSQL = `SELECT h.head, h.now, n.id, coalesce(n.instance::text, ''),
+const clusterViewSQL = `SELECT h.head, h.now, n.id, coalesce(n.instance::text, ''),
 	coalesce(n.proxy_addr, ''), coalesce(n.admin_addr, ''), coalesce(n.version, ''),
 	coalesce(n.hostname, ''), coalesce(n.pid, 0), n.started_at,
 	coalesce(n.applied_position, 0), n.applied_at, n.heartbeat_at, n.stopped_at,
@@ -53,20 +53,20 @@ FROM (SELECT coalesce(max(position), 0) AS head, now() AS now FROM events) h
 LEFT JOIN nodes n ON true
 ORDER BY live DESC, n.id`
 
-// View reads the registry: every node with its liveness and lag.
-func (r *Registry) View(ctx context.Context) (View, error) {
+// ClusterView reads the registry: every node with its liveness and lag.
+func (r *NodeRegistry) View(ctx context.Context) (ClusterView, error) {
 	v, _, err := r.read(ctx)
 	return v, err
 }
 
 // read returns the view and the database's clock at the read.
-func (r *Registry) read(ctx context.Context) (View, time.Time, error) {
-	rows, err := r.cfg.Pool.Query(ctx, viewSQL, r.cfg.StaleAfter.Microseconds())
+func (r *NodeRegistry) read(ctx context.Context) (ClusterView, time.Time, error) {
+	rows, err := r.cfg.Pool.Query(ctx, clusterViewSQL, r.cfg.StaleAfter.Microseconds())
 	if err != nil {
-		return View{}, time.Time{}, fmt.Errorf("reading nodes: %w", err)
+		return ClusterView{}, time.Time{}, fmt.Errorf("reading nodes: %w", err)
 	}
 	defer rows.Close()
-	v := View{Nodes: []Node{}}
+	v := ClusterView{Nodes: []Node{}}
 	var now time.Time
 	self := r.instance.String()
 	for rows.Next() {
@@ -79,7 +79,7 @@ func (r *Registry) read(ctx context.Context) (View, time.Time, error) {
 		)
 		if err := rows.Scan(&v.Head, &now, &id, &n.Instance, &n.ProxyAddr, &n.AdminAddr, &n.Version,
 			&n.Hostname, &pid, &started, &n.AppliedPosition, &appliedAt, &heartbeat, &stoppedAt, &n.Live); err != nil {
-			return View{}, time.Time{}, fmt.Errorf("reading nodes: %w", err)
+			return ClusterView{}, time.Time{}, fmt.Errorf("reading nodes: %w", err)
 		}
 		if id == nil {
 			continue // no nodes: the head alone
@@ -96,7 +96,7 @@ func (r *Registry) read(ctx context.Context) (View, time.Time, error) {
 		v.Nodes = append(v.Nodes, n)
 	}
 	if err := rows.Err(); err != nil {
-		return View{}, time.Time{}, fmt.Errorf("reading nodes: %w", err)
+		return ClusterView{}, time.Time{}, fmt.Errorf("reading nodes: %w", err)
 	}
 	return v, now, nil
 }
@@ -107,11 +107,11 @@ func (r *Registry) read(ctx context.Context) (View, time.Time, error) {
 //
 // It records the wait in node_waits, which makes the reports that reach
 // position NOTIFY, and re-reads the registry whenever a notification on
-// NotifyChannel arrives, when a node that is behind would turn stale, every ~100ms while
+// NodesNotifyChannel arrives, when a node that is behind would turn stale, every ~100ms while
 // the LISTEN session is down, and every second regardless. Each waiter
 // reads on its own; waits are meant for writes (a few at a time), not for
 // every request.
-func (r *Registry) WaitApplied(ctx context.Context, position int64) ([]Node, error) {
+func (r *NodeRegistry) WaitApplied(ctx context.Context, position int64) ([]Node, error) {
 	if position <= 0 {
 		return nil, nil
 	}
@@ -119,11 +119,11 @@ func (r *Registry) WaitApplied(ctx context.Context, position int64) ([]Node, err
 	// stay silent otherwise). Without it (the database is down) the wait
 	// still ends, by polling.
 	id := uuid.New()
-	if _, err := r.cfg.Pool.Exec(ctx, waitBeginSQL, id, position); err == nil {
+	if _, err := r.cfg.Pool.Exec(ctx, nodeWaitBeginSQL, id, position); err == nil {
 		defer func() {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), nodeOpTimeout)
 			defer cancel()
-			_, _ = r.cfg.Pool.Exec(dctx, waitEndSQL, id)
+			_, _ = r.cfg.Pool.Exec(dctx, nodeWaitEndSQL, id)
 		}()
 	}
 	var (
@@ -171,7 +171,7 @@ func (r *Registry) WaitApplied(ctx context.Context, position int64) ([]Node, err
 	}
 }
 
-func (r *Registry) gaveUp(ctx context.Context, position int64, behind []Node, readErr error) ([]Node, error) {
+func (r *NodeRegistry) gaveUp(ctx context.Context, position int64, behind []Node, readErr error) ([]Node, error) {
 	switch {
 	case readErr != nil:
 		return behind, fmt.Errorf("waiting for every live node to apply position %d: %w (last read: %w)", position, ctx.Err(), readErr)

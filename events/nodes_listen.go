@@ -1,4 +1,4 @@
-package cluster
+package events
 
 import (
 	"context"
@@ -12,25 +12,25 @@ import (
 // changes returns the channel closed at the next change worth a re-read.
 // A waiter takes it before reading the table, so a change that lands
 // between the read and the wait is not missed.
-func (r *Registry) changes() <-chan struct{} {
+func (r *NodeRegistry) changes() <-chan struct{} {
 	r.changedMu.Lock()
 	defer r.changedMu.Unlock()
 	return r.changed
 }
 
 // broadcast wakes every waiter.
-func (r *Registry) broadcast() {
+func (r *NodeRegistry) broadcast() {
 	r.changedMu.Lock()
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.changedMu.Unlock()
 }
 
-// listen keeps a LISTEN session on NotifyChannel and broadcasts every
+// listen keeps a LISTEN session on NodesNotifyChannel and broadcasts every
 // notification, reconnecting with backoff. Notifications are lost while it
 // is down, so it also broadcasts on every (re)connect and disconnect:
 // waiters re-read, and poll while it is down.
-func (r *Registry) listen(ctx context.Context) {
+func (r *NodeRegistry) listen(ctx context.Context) {
 	backoff := r.minBackoff
 	failing := false
 	for ctx.Err() == nil {
@@ -62,8 +62,8 @@ func (r *Registry) listen(ctx context.Context) {
 
 // listenSession runs one session: connect, LISTEN, call up, then broadcast
 // each notification until the session fails or ctx ends.
-func (r *Registry) listenSession(ctx context.Context, up func()) error {
-	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+func (r *NodeRegistry) listenSession(ctx context.Context, up func()) error {
+	cctx, cancel := context.WithTimeout(ctx, nodeOpTimeout)
 	conn, err := pgx.ConnectConfig(cctx, r.cfg.ConnConfig)
 	cancel()
 	if err != nil {
@@ -74,8 +74,8 @@ func (r *Registry) listenSession(ctx context.Context, up func()) error {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
-		return fmt.Errorf("listening on %s: %w", NotifyChannel, err)
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NodesNotifyChannel}.Sanitize()); err != nil {
+		return fmt.Errorf("listening on %s: %w", NodesNotifyChannel, err)
 	}
 	r.listening.Store(true)
 	r.broadcast() // whatever changed while we were not listening

@@ -1,4 +1,15 @@
-package cluster
+package events
+
+// The node registry: the nodes table in the shared Postgres
+// (migrations/0004_nodes.sql), where every gateway node registers, reports
+// each log position it applies and heartbeats, so that the cluster's
+// convergence is visible (NodeRegistry.View) and waitable (WaitApplied).
+//
+// Liveness is computed with the database clock, never a node's. Reports
+// never block the caller: the newest position is kept in memory and sent by
+// one goroutine, coalesced and retried across outages. Waiters are woken by
+// NOTIFY on isekai_nodes through a dedicated LISTEN session, with a short
+// poll while that session is down.
 
 import (
 	"context"
@@ -16,16 +27,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// NotifyChannel is the channel the node functions NOTIFY with "id:position"
+// NodesNotifyChannel is the channel the node functions NOTIFY with "id:position"
 // when a node joins, moves or leaves.
-const NotifyChannel = "isekai_nodes"
+const NodesNotifyChannel = "isekai_nodes"
 
 // MaxNodeIDLen bounds a node id, which travels in NOTIFY payloads (capped
 // at 8000 bytes by Postgres).
 const MaxNodeIDLen = 255
 
-// Config configures a Registry. Zero values take the documented defaults.
-type Config struct {
+// NodeRegistryConfig configures a NodeRegistry. Zero values take the documented defaults.
+type NodeRegistryConfig struct {
 	// Pool runs reports, heartbeats and reads of the nodes table (required).
 	Pool *pgxpool.Pool
 	// ConnConfig opens the dedicated LISTEN session (application_name
@@ -52,24 +63,24 @@ type Config struct {
 }
 
 const (
-	defaultHeartbeat = 2 * time.Second
-	defaultStale     = 10 * time.Second
-	defaultForget    = 24 * time.Hour
+	defaultNodeHeartbeat = 2 * time.Second
+	defaultNodeStale     = 10 * time.Second
+	defaultNodeForget    = 24 * time.Hour
 
-	// opTimeout bounds one report, heartbeat or registration, so that a
+	// nodeOpTimeout bounds one report, heartbeat or registration, so that a
 	// hung connection delays the next report instead of stopping them.
-	opTimeout = 5 * time.Second
-	// leaveTimeout bounds Stop's final write when its ctx has no deadline.
-	leaveTimeout = 5 * time.Second
-	// conflictLogEvery throttles the error about a shared node id.
-	conflictLogEvery = time.Minute
+	nodeOpTimeout = 5 * time.Second
+	// nodeLeaveTimeout bounds Stop's final write when its ctx has no deadline.
+	nodeLeaveTimeout = 5 * time.Second
+	// nodeConflictLogEvery throttles the error about a shared node id.
+	nodeConflictLogEvery = time.Minute
 )
 
-// Registry is this node's entry in the node registry, and the cluster view
+// NodeRegistry is this node's entry in the node registry, and the cluster view
 // from it. Start registers and runs the background loops; Report is called
 // for every applied position; Stop leaves gracefully.
-type Registry struct {
-	cfg       Config
+type NodeRegistry struct {
+	cfg       NodeRegistryConfig
 	instance  uuid.UUID
 	hostname  string
 	pid       int
@@ -99,9 +110,9 @@ type Registry struct {
 	stopped bool
 }
 
-// New validates cfg, fills in the defaults and returns a Registry; Start
+// New validates cfg, fills in the defaults and returns a NodeRegistry; Start
 // runs it.
-func New(cfg Config) (*Registry, error) {
+func NewNodeRegistry(cfg NodeRegistryConfig) (*NodeRegistry, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("configuring node registry: Pool is required")
 	}
@@ -109,13 +120,13 @@ func New(cfg Config) (*Registry, error) {
 		return nil, fmt.Errorf("configuring node registry: NodeID must be 1 to %d bytes, got %d", MaxNodeIDLen, len(cfg.NodeID))
 	}
 	if cfg.HeartbeatInterval <= 0 {
-		cfg.HeartbeatInterval = defaultHeartbeat
+		cfg.HeartbeatInterval = defaultNodeHeartbeat
 	}
 	if cfg.StaleAfter <= 0 {
-		cfg.StaleAfter = defaultStale
+		cfg.StaleAfter = defaultNodeStale
 	}
 	if cfg.ForgetAfter <= 0 {
-		cfg.ForgetAfter = defaultForget
+		cfg.ForgetAfter = defaultNodeForget
 	}
 	if cfg.StaleAfter <= cfg.HeartbeatInterval {
 		return nil, fmt.Errorf("configuring node registry: StaleAfter (%s) must exceed HeartbeatInterval (%s)", cfg.StaleAfter, cfg.HeartbeatInterval)
@@ -141,7 +152,7 @@ func New(cfg Config) (*Registry, error) {
 		return nil, fmt.Errorf("configuring node registry: %w", err)
 	}
 	hostname, _ := os.Hostname()
-	return &Registry{
+	return &NodeRegistry{
 		cfg:        cfg,
 		instance:   instance,
 		hostname:   hostname,
@@ -158,8 +169,8 @@ func New(cfg Config) (*Registry, error) {
 
 // Start registers the node and runs the report, heartbeat and LISTEN loops
 // in the background until Stop or ctx ends. It returns at once: a database
-// that is down is retried, not an error. A Registry starts once.
-func (r *Registry) Start(ctx context.Context) error {
+// that is down is retried, not an error. A NodeRegistry starts once.
+func (r *NodeRegistry) Start(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done != nil || r.stopped {
@@ -182,7 +193,7 @@ func (r *Registry) Start(ctx context.Context) error {
 // never blocks: the newest position is kept and sent by the registry's own
 // goroutine, one report at a time, so a burst of calls costs one or two
 // round trips. Positions lower than one already reported are ignored.
-func (r *Registry) Report(position int64) {
+func (r *NodeRegistry) Report(position int64) {
 	for {
 		cur := r.position.Load()
 		if position <= cur {
@@ -203,13 +214,13 @@ func (r *Registry) Report(position int64) {
 // is bounded by ctx (and by 5s when ctx has no deadline); a database that
 // is down only costs the mark, and the node then turns stale by itself.
 // Stop is safe before Start and twice; call it before closing the Pool.
-func (r *Registry) Stop(ctx context.Context) {
+func (r *NodeRegistry) Stop(ctx context.Context) {
 	if !r.halt() {
 		return
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, leaveTimeout)
+		ctx, cancel = context.WithTimeout(ctx, nodeLeaveTimeout)
 		defer cancel()
 	}
 	var ours bool
@@ -225,7 +236,7 @@ func (r *Registry) Stop(ctx context.Context) {
 
 // halt ends the loops without leaving, as a crash would, and reports
 // whether they were running.
-func (r *Registry) halt() bool {
+func (r *NodeRegistry) halt() bool {
 	r.mu.Lock()
 	cancel, done, was := r.cancel, r.done, !r.stopped
 	r.stopped = true
@@ -243,7 +254,7 @@ func (r *Registry) halt() bool {
 // been quiet for HeartbeatInterval. A failed write is retried with backoff
 // and always carries the newest position, so a report lost in an outage is
 // re-sent when the database returns.
-func (r *Registry) send(ctx context.Context) {
+func (r *NodeRegistry) send(ctx context.Context) {
 	var (
 		registered bool
 		sent       int64 = -1
@@ -295,30 +306,30 @@ func (r *Registry) send(ctx context.Context) {
 }
 
 const (
-	registerSQL = `SELECT isekai_node_register($1, $2, $3, $4, $5, $6, $7, $8, $9)`
-	reportSQL   = `SELECT isekai_node_report($1, $2, $3)`
-	forgetSQL   = `DELETE FROM nodes WHERE heartbeat_at < now() - $1::bigint * interval '1 microsecond'`
+	nodeRegisterSQL = `SELECT isekai_node_register($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+	nodeReportSQL   = `SELECT isekai_node_report($1, $2, $3)`
+	nodeForgetSQL   = `DELETE FROM nodes WHERE heartbeat_at < now() - $1::bigint * interval '1 microsecond'`
 	// Waits last at most a minute; older rows were left by a crash.
-	forgetWaitsSQL = `DELETE FROM node_waits WHERE since < now() - interval '5 minutes'`
-	waitBeginSQL   = `SELECT isekai_node_wait_begin($1, $2)`
-	waitEndSQL     = `DELETE FROM node_waits WHERE id = $1`
+	nodeForgetWaitsSQL = `DELETE FROM node_waits WHERE since < now() - interval '5 minutes'`
+	nodeWaitBeginSQL   = `SELECT isekai_node_wait_begin($1, $2)`
+	nodeWaitEndSQL     = `DELETE FROM node_waits WHERE id = $1`
 )
 
 // write sends one registration, or one report (with the forgetting of long
 // dead nodes when it is a heartbeat), in one round trip. A report that
 // finds the row gone registers again.
-func (r *Registry) write(ctx context.Context, pos int64, register, heartbeat bool) error {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+func (r *NodeRegistry) write(ctx context.Context, pos int64, register, heartbeat bool) error {
+	ctx, cancel := context.WithTimeout(ctx, nodeOpTimeout)
 	defer cancel()
 	if !register {
 		var owner pgtype.UUID
 		b := &pgx.Batch{}
-		b.Queue(reportSQL, r.cfg.NodeID, r.instance, pos).QueryRow(func(row pgx.Row) error {
+		b.Queue(nodeReportSQL, r.cfg.NodeID, r.instance, pos).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&owner)
 		})
 		if heartbeat {
-			b.Queue(forgetSQL, r.cfg.ForgetAfter.Microseconds())
-			b.Queue(forgetWaitsSQL)
+			b.Queue(nodeForgetSQL, r.cfg.ForgetAfter.Microseconds())
+			b.Queue(nodeForgetWaitsSQL)
 		}
 		if err := r.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("reporting position %d: %w", pos, err)
@@ -332,7 +343,7 @@ func (r *Registry) write(ctx context.Context, pos int64, register, heartbeat boo
 		}
 		r.cfg.Logger.Info("node row is missing; registering again", "node", r.cfg.NodeID)
 	}
-	_, err := r.cfg.Pool.Exec(ctx, registerSQL, r.cfg.NodeID, r.instance,
+	_, err := r.cfg.Pool.Exec(ctx, nodeRegisterSQL, r.cfg.NodeID, r.instance,
 		r.cfg.ProxyAddr, r.cfg.AdminAddr, r.cfg.Version, r.hostname, r.pid, r.startedAt, pos)
 	if err != nil {
 		return fmt.Errorf("registering node: %w", err)
@@ -343,9 +354,9 @@ func (r *Registry) write(ctx context.Context, pos int64, register, heartbeat boo
 // conflict reports, at most once a minute, that another process holds this
 // node's row: two processes run with one node id, and the cluster view
 // shows only the other one. Taking the row back would make the two flap.
-func (r *Registry) conflict(owner uuid.UUID) {
+func (r *NodeRegistry) conflict(owner uuid.UUID) {
 	now := time.Now()
-	if !r.lastConflictLog.IsZero() && now.Sub(r.lastConflictLog) < conflictLogEvery {
+	if !r.lastConflictLog.IsZero() && now.Sub(r.lastConflictLog) < nodeConflictLogEvery {
 		return
 	}
 	r.lastConflictLog = now

@@ -1,4 +1,4 @@
-package cluster
+package events
 
 import (
 	"bytes"
@@ -16,12 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/events/pgtest"
 	"github.com/zakirkun/isekai/migrations"
 )
-
-func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func newPool(t testing.TB, url string) *pgxpool.Pool {
 	t.Helper()
@@ -36,11 +33,11 @@ func newPool(t testing.TB, url string) *pgxpool.Pool {
 // appendEvents appends n events and returns the new head.
 func appendEvents(t testing.TB, pool *pgxpool.Pool, n int) int64 {
 	t.Helper()
-	ps := make([]events.Proposed, n)
+	ps := make([]Proposed, n)
 	for i := range ps {
-		ps[i] = events.Proposed{Stream: "s", ExpectedVersion: events.AnyVersion, Type: "t", Data: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}
+		ps[i] = Proposed{Stream: "s", ExpectedVersion: AnyVersion, Type: "t", Data: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}
 	}
-	res, err := events.NewPostgresStore(pool).Append(context.Background(), events.AppendRequest{Events: ps})
+	res, err := NewPostgresStore(pool).Append(context.Background(), AppendRequest{Events: ps})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,13 +46,13 @@ func appendEvents(t testing.TB, pool *pgxpool.Pool, n int) int64 {
 
 // startRegistry starts a registry on pool; tune, when set, adjusts the
 // unexported tuning before Start. It is stopped gracefully at cleanup.
-func startRegistry(t testing.TB, pool *pgxpool.Pool, cfg Config, tune func(*Registry)) *Registry {
+func startRegistry(t testing.TB, pool *pgxpool.Pool, cfg NodeRegistryConfig, tune func(*NodeRegistry)) *NodeRegistry {
 	t.Helper()
 	cfg.Pool = pool
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r, err := New(cfg)
+	r, err := NewNodeRegistry(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,14 +69,14 @@ func startRegistry(t testing.TB, pool *pgxpool.Pool, cfg Config, tune func(*Regi
 
 // notifyOnly leaves waiters nothing but notifications (and the stale
 // timer) to wake them: the fallback polls are an hour.
-func notifyOnly(r *Registry) { r.pollDown, r.pollUp = time.Hour, time.Hour }
+func notifyOnly(r *NodeRegistry) { r.pollDown, r.pollUp = time.Hour, time.Hour }
 
 // waitView reads r's view until ok accepts it.
-func waitView(t testing.TB, r *Registry, timeout time.Duration, what string, ok func(View) bool) View {
+func waitView(t testing.TB, r *NodeRegistry, timeout time.Duration, what string, ok func(ClusterView) bool) ClusterView {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var (
-		v   View
+		v   ClusterView
 		err error
 	)
 	for {
@@ -107,7 +104,7 @@ func waitUntil(t testing.TB, timeout time.Duration, what string, ok func() bool)
 	}
 }
 
-func node(v View, id string) (Node, bool) {
+func node(v ClusterView, id string) (Node, bool) {
 	for _, n := range v.Nodes {
 		if n.ID == id {
 			return n, true
@@ -117,8 +114,8 @@ func node(v View, id string) (Node, bool) {
 }
 
 // positions says whether every named node is in v at the given position.
-func positions(want map[string]int64) func(View) bool {
-	return func(v View) bool {
+func positions(want map[string]int64) func(ClusterView) bool {
+	return func(v ClusterView) bool {
 		for id, pos := range want {
 			if n, ok := node(v, id); !ok || n.AppliedPosition != pos {
 				return false
@@ -135,7 +132,7 @@ type waitResult struct {
 }
 
 // goWait runs WaitApplied in the background.
-func goWait(r *Registry, timeout time.Duration, position int64) <-chan waitResult {
+func goWait(r *NodeRegistry, timeout time.Duration, position int64) <-chan waitResult {
 	out := make(chan waitResult, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -193,24 +190,24 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	t.Cleanup(pool.Close)
 	for _, tc := range []struct {
 		name string
-		cfg  Config
+		cfg  NodeRegistryConfig
 		want string
 	}{
-		{name: "no pool", cfg: Config{NodeID: "n"}, want: "Pool"},
-		{name: "no node id", cfg: Config{Pool: pool}, want: "NodeID"},
-		{name: "node id too long", cfg: Config{Pool: pool, NodeID: strings.Repeat("n", MaxNodeIDLen+1)}, want: "NodeID"},
-		{name: "stale before heartbeat", cfg: Config{Pool: pool, NodeID: "n", HeartbeatInterval: time.Second, StaleAfter: time.Second}, want: "StaleAfter"},
-		{name: "default stale below heartbeat", cfg: Config{Pool: pool, NodeID: "n", HeartbeatInterval: time.Minute}, want: "StaleAfter"},
-		{name: "forget before stale", cfg: Config{Pool: pool, NodeID: "n", StaleAfter: time.Hour, ForgetAfter: time.Minute}, want: "ForgetAfter"},
+		{name: "no pool", cfg: NodeRegistryConfig{NodeID: "n"}, want: "Pool"},
+		{name: "no node id", cfg: NodeRegistryConfig{Pool: pool}, want: "NodeID"},
+		{name: "node id too long", cfg: NodeRegistryConfig{Pool: pool, NodeID: strings.Repeat("n", MaxNodeIDLen+1)}, want: "NodeID"},
+		{name: "stale before heartbeat", cfg: NodeRegistryConfig{Pool: pool, NodeID: "n", HeartbeatInterval: time.Second, StaleAfter: time.Second}, want: "StaleAfter"},
+		{name: "default stale below heartbeat", cfg: NodeRegistryConfig{Pool: pool, NodeID: "n", HeartbeatInterval: time.Minute}, want: "StaleAfter"},
+		{name: "forget before stale", cfg: NodeRegistryConfig{Pool: pool, NodeID: "n", StaleAfter: time.Hour, ForgetAfter: time.Minute}, want: "ForgetAfter"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := New(tc.cfg)
+			_, err := NewNodeRegistry(tc.cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("New: err = %v, want one naming %s", err, tc.want)
 			}
 		})
 	}
-	r, err := New(Config{Pool: pool, NodeID: "n"})
+	r, err := NewNodeRegistry(NodeRegistryConfig{Pool: pool, NodeID: "n"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,9 +229,9 @@ func TestViewAndWaitAcrossNodes(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewMigratedDatabase(t))
 	head := appendEvents(t, pool, 5)
-	a := startRegistry(t, pool, Config{NodeID: "node-a", ProxyAddr: "127.0.0.1:8080", AdminAddr: "127.0.0.1:8081", Version: "v-test"}, notifyOnly)
-	b := startRegistry(t, pool, Config{NodeID: "node-b"}, nil)
-	c := startRegistry(t, pool, Config{NodeID: "node-c"}, nil)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a", ProxyAddr: "127.0.0.1:8080", AdminAddr: "127.0.0.1:8081", Version: "v-test"}, notifyOnly)
+	b := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-b"}, nil)
+	c := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-c"}, nil)
 	a.Report(head)
 	b.Report(3)
 
@@ -299,8 +296,8 @@ func TestWaitAppliedDeadlineReturnsLaggards(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewMigratedDatabase(t))
 	head := appendEvents(t, pool, 3)
-	a := startRegistry(t, pool, Config{NodeID: "node-a"}, nil)
-	b := startRegistry(t, pool, Config{NodeID: "node-b"}, nil)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, nil)
+	b := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-b"}, nil)
 	a.Report(head)
 	b.Report(1)
 	waitView(t, a, 5*time.Second, "at positions 3, 1", positions(map[string]int64{"node-a": 3, "node-b": 1}))
@@ -327,8 +324,8 @@ func TestWaitAppliedDeadlineReturnsLaggards(t *testing.T) {
 func TestCrashedNodeTurnsStale(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewMigratedDatabase(t))
-	cfg := func(id string) Config {
-		return Config{NodeID: id, HeartbeatInterval: 100 * time.Millisecond, StaleAfter: time.Second}
+	cfg := func(id string) NodeRegistryConfig {
+		return NodeRegistryConfig{NodeID: id, HeartbeatInterval: 100 * time.Millisecond, StaleAfter: time.Second}
 	}
 	a := startRegistry(t, pool, cfg("node-a"), notifyOnly)
 	b := startRegistry(t, pool, cfg("node-b"), nil)
@@ -369,8 +366,8 @@ func TestCrashedNodeTurnsStale(t *testing.T) {
 func TestStopLeavesAtOnce(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewMigratedDatabase(t))
-	a := startRegistry(t, pool, Config{NodeID: "node-a"}, notifyOnly)
-	b := startRegistry(t, pool, Config{NodeID: "node-b"}, nil)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, notifyOnly)
+	b := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-b"}, nil)
 	a.Report(4)
 	b.Report(2)
 	waitView(t, a, 5*time.Second, "at positions 4, 2", positions(map[string]int64{"node-a": 4, "node-b": 2}))
@@ -401,7 +398,7 @@ func TestStopLeavesAtOnce(t *testing.T) {
 	if err := b.Start(t.Context()); err == nil {
 		t.Error("Start after Stop succeeded")
 	}
-	unstarted, err := New(Config{Pool: pool, NodeID: "node-c"})
+	unstarted, err := NewNodeRegistry(NodeRegistryConfig{Pool: pool, NodeID: "node-c"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +413,7 @@ func TestReportCoalesces(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewMigratedDatabase(t)
 	pool := newPool(t, url)
-	a := startRegistry(t, pool, Config{NodeID: "node-a"}, nil)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, nil)
 	waitView(t, a, 5*time.Second, "registered", positions(map[string]int64{"node-a": 0}))
 
 	watch, err := pgx.Connect(t.Context(), url)
@@ -424,7 +421,7 @@ func TestReportCoalesces(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { watch.Close(context.Background()) })
-	if _, err := watch.Exec(t.Context(), "LISTEN "+NotifyChannel); err != nil {
+	if _, err := watch.Exec(t.Context(), "LISTEN "+NodesNotifyChannel); err != nil {
 		t.Fatal(err)
 	}
 	// Reports notify while a write waits: count them by their notifications.
@@ -472,8 +469,8 @@ func TestSurvivesPostgresRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	pool := newPool(t, url)
-	cfg := func(id string) Config {
-		return Config{NodeID: id, HeartbeatInterval: 200 * time.Millisecond, StaleAfter: 5 * time.Second}
+	cfg := func(id string) NodeRegistryConfig {
+		return NodeRegistryConfig{NodeID: id, HeartbeatInterval: 200 * time.Millisecond, StaleAfter: 5 * time.Second}
 	}
 	a := startRegistry(t, pool, cfg("node-a"), nil)
 	b := startRegistry(t, pool, cfg("node-b"), notifyOnly)
@@ -518,11 +515,11 @@ func TestSurvivesPostgresRestart(t *testing.T) {
 func TestWaitPollsWithoutListener(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewMigratedDatabase(t))
-	a := startRegistry(t, pool, Config{NodeID: "node-a"}, nil)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, nil)
 	a.Report(2)
 	waitView(t, a, 5*time.Second, "node-a at 2", positions(map[string]int64{"node-a": 2}))
 	// Not started: no LISTEN session, and its own row does not exist.
-	w, err := New(Config{Pool: pool, NodeID: "waiter"})
+	w, err := NewNodeRegistry(NodeRegistryConfig{Pool: pool, NodeID: "waiter"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -550,13 +547,13 @@ func TestHeartbeatRestoresAndForgets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := startRegistry(t, pool, Config{NodeID: "node-a", HeartbeatInterval: 50 * time.Millisecond, StaleAfter: time.Second, ForgetAfter: time.Hour}, nil)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a", HeartbeatInterval: 50 * time.Millisecond, StaleAfter: time.Second, ForgetAfter: time.Hour}, nil)
 	a.Report(7)
 	waitView(t, a, 5*time.Second, "node-a at 7", positions(map[string]int64{"node-a": 7}))
 	if _, err := pool.Exec(t.Context(), `DELETE FROM nodes WHERE id = 'node-a'`); err != nil {
 		t.Fatal(err)
 	}
-	v := waitView(t, a, 5*time.Second, "node-a back at 7 and long-gone forgotten", func(v View) bool {
+	v := waitView(t, a, 5*time.Second, "node-a back at 7 and long-gone forgotten", func(v ClusterView) bool {
 		_, gone := node(v, "long-gone")
 		return positions(map[string]int64{"node-a": 7})(v) && !gone
 	})
@@ -575,7 +572,7 @@ func TestSameNodeIDTwoProcesses(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewMigratedDatabase(t))
 	logs := &logBuffer{}
-	cfg := Config{NodeID: "node-x", HeartbeatInterval: 20 * time.Millisecond, StaleAfter: time.Second}
+	cfg := NodeRegistryConfig{NodeID: "node-x", HeartbeatInterval: 20 * time.Millisecond, StaleAfter: time.Second}
 	first := cfg
 	first.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	a := startRegistry(t, pool, first, nil)
@@ -611,8 +608,8 @@ func TestSameNodeIDTwoProcesses(t *testing.T) {
 // a new position, then one waits until every live node has applied it.
 func BenchmarkReportWait(b *testing.B) {
 	pool := newPool(b, pgtest.NewMigratedDatabase(b))
-	x := startRegistry(b, pool, Config{NodeID: "node-x"}, nil)
-	y := startRegistry(b, pool, Config{NodeID: "node-y"}, nil)
+	x := startRegistry(b, pool, NodeRegistryConfig{NodeID: "node-x"}, nil)
+	y := startRegistry(b, pool, NodeRegistryConfig{NodeID: "node-y"}, nil)
 	waitView(b, y, 5*time.Second, "both registered", positions(map[string]int64{"node-x": 0, "node-y": 0}))
 	waitUntil(b, 5*time.Second, "listening", y.listening.Load)
 	ctx := context.Background()
@@ -636,14 +633,14 @@ func TestReportsNotifyOnlyWhileWaited(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewMigratedDatabase(t)
 	pool := newPool(t, url)
-	a := startRegistry(t, pool, Config{NodeID: "node-a"}, notifyOnly)
+	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, notifyOnly)
 	waitView(t, a, 5*time.Second, "registered", positions(map[string]int64{"node-a": 0}))
 	watch, err := pgx.Connect(t.Context(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { watch.Close(context.Background()) })
-	if _, err := watch.Exec(t.Context(), "LISTEN "+NotifyChannel); err != nil {
+	if _, err := watch.Exec(t.Context(), "LISTEN "+NodesNotifyChannel); err != nil {
 		t.Fatal(err)
 	}
 	notified := func() []string {
