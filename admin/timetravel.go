@@ -136,6 +136,21 @@ func (s *Server) revertRoute(c *fiber.Ctx) error {
 	if len(evs) == 0 {
 		return errNotFound()
 	}
+	// With an Idempotency-Key, the event's id comes from it: a retry after
+	// the first attempt committed finds that event and answers as the
+	// first attempt did, instead of reverting again (or failing If-Match).
+	var eventID uuid.UUID
+	if key := c.Get(headerIdempotencyKey); key != "" {
+		if len(key) > maxIdempotencyKeyLen {
+			return errBadRequest("invalid_header", "Idempotency-Key is longer than 255 characters", projections.FieldError{Field: headerIdempotencyKey, Message: "at most 255 characters"})
+		}
+		eventID = events.IdempotentID("POST /api/routes/"+w.id.String()+"/revert", key)
+		for i, ev := range evs {
+			if ev.ID == eventID {
+				return s.replayRevert(c, evs[:i], ev)
+			}
+		}
+	}
 	streamVersion := evs[len(evs)-1].Version
 	var restored projections.Route
 	switch n := req.Version; {
@@ -158,7 +173,7 @@ func (s *Server) revertRoute(c *fiber.Ctx) error {
 	w.meta.Reason = reason
 
 	var cur *projections.Route
-	ev, _, err := s.commit(c, func(t *projections.RouteTable) (events.Proposed, error) {
+	ev, dup, err := s.commit(c, func(t *projections.RouteTable) (events.Proposed, error) {
 		r := restored
 		r.ID, r.Version = w.id, 0
 		typ, expected := projections.EventRouteUpdated, streamVersion
@@ -180,7 +195,7 @@ func (s *Server) revertRoute(c *fiber.Ctx) error {
 		if err := checkConflict(t, &r); err != nil {
 			return events.Proposed{}, err
 		}
-		return routeEvent(uuid.Nil, typ, expected, &r, w.meta)
+		return routeEvent(eventID, typ, expected, &r, w.meta)
 	})
 	if err != nil {
 		return w.result(err)
@@ -189,5 +204,32 @@ func (s *Server) revertRoute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if dup {
+		// A concurrent retry committed it first: the store returned it.
+		c.Set(headerReplayed, "true")
+	}
+	return written(c, fiber.StatusOK, ev, out)
+}
+
+// replayRevert answers a retried revert with the event its first attempt
+// appended; before are the stream's events before it.
+func (s *Server) replayRevert(c *fiber.Ctx, before []events.Event, ev events.Event) error {
+	var prev *projections.Route
+	if len(before) > 0 {
+		var err error
+		if prev, err = routeAfter(nil, before[0]); err != nil {
+			return err
+		}
+		for _, b := range before[1:] {
+			if prev, err = routeAfter(prev, b); err != nil {
+				return err
+			}
+		}
+	}
+	out, err := routeAfter(prev, ev)
+	if err != nil {
+		return err
+	}
+	c.Set(headerReplayed, "true")
 	return written(c, fiber.StatusOK, ev, out)
 }

@@ -170,3 +170,37 @@ func TestReadAt(t *testing.T) {
 		t.Errorf("current read position: %v", r.header)
 	}
 }
+
+// A revert retried with the same Idempotency-Key answers as the first
+// attempt did — even with the If-Match the first attempt satisfied — and
+// appends nothing.
+func TestRevertIdempotent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.NewMigratedDatabase(t))
+	r := e.do(t, "POST", "/api/routes", map[string]any{"path": "/ik", "target_url": "http://127.0.0.1:9/v1"})
+	expect(t, r, 201, "")
+	rid := r.route(t).ID.String()
+	id := "/api/routes/" + rid
+	expect(t, e.do(t, "PATCH", id, map[string]any{"target_url": "http://127.0.0.1:9/v2"}), 200, "")
+
+	first := e.do(t, "POST", id+"/revert", map[string]any{"version": 1}, "If-Match", `"2"`, "Idempotency-Key", "k-1")
+	expect(t, first, 200, "")
+	for range 2 {
+		again := e.do(t, "POST", id+"/revert", map[string]any{"version": 1}, "If-Match", `"2"`, "Idempotency-Key", "k-1")
+		expect(t, again, 200, "")
+		if again.header.Get("Idempotent-Replayed") != "true" || again.body.Position != first.body.Position ||
+			again.route(t).Version != 3 || again.route(t).TargetURL != "http://127.0.0.1:9/v1" || again.route(t).CreatedAt != first.route(t).CreatedAt {
+			t.Fatalf("retry: %s (first: %s)", again.raw, first.raw)
+		}
+	}
+	if h := e.history(t, rid); len(h) != 3 {
+		t.Fatalf("retries appended: %d versions", len(h))
+	}
+	// Another key is another revert.
+	expect(t, e.do(t, "PATCH", id, map[string]any{"target_url": "http://127.0.0.1:9/v3"}), 200, "")
+	r = e.do(t, "POST", id+"/revert", map[string]any{"version": 1}, "Idempotency-Key", "k-2")
+	expect(t, r, 200, "")
+	if r.header.Get("Idempotent-Replayed") != "" || r.route(t).Version != 5 {
+		t.Fatalf("new key: %s", r.raw)
+	}
+}
