@@ -34,6 +34,11 @@ type ListenerConfig struct {
 	PollInterval time.Duration
 	// BatchSize is the most events read per query (default 1000).
 	BatchSize int
+	// MaxHandOver is how many events a catch-up gathers into one handler
+	// call, in full pages, before it stops at the end of the append it is
+	// in (default DefaultMaxHandOver). Whatever the bound, the events of one
+	// append reach the handler together.
+	MaxHandOver int
 	// MinBackoff and MaxBackoff bound the reconnect delay (100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
 	// Logger defaults to slog.Default().
@@ -69,6 +74,9 @@ func NewListener(cfg ListenerConfig) *Listener {
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultReadLimit
+	}
+	if cfg.MaxHandOver <= 0 {
+		cfg.MaxHandOver = DefaultMaxHandOver
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 100 * time.Millisecond
@@ -244,7 +252,7 @@ func (l *Listener) session(ctx context.Context) error {
 // comes back short, i.e. the head is reached.
 func (l *Listener) catchUp(ctx context.Context) error {
 	for {
-		// Full pages are gathered into one hand-over, up to maxHandOver
+		// Full pages are gathered into one hand-over, up to MaxHandOver
 		// events, so that an append of many events (a rollback, an apply)
 		// reaches the handler whole and a node swaps straight from the
 		// table before it to the table after it.
@@ -256,9 +264,24 @@ func (l *Listener) catchUp(ctx context.Context) error {
 				l.setErr(err)
 				return err
 			}
+			if len(evs) >= l.cfg.MaxHandOver {
+				// Past the bound, take only the rest of the last append:
+				// its events share one created_at (isekai_append stamps
+				// them once), and an append is never split.
+				n := 0
+				for n < len(page) && page[n].CreatedAt.Equal(evs[len(evs)-1].CreatedAt) {
+					n++
+				}
+				evs = append(evs, page[:n]...)
+				full = n < len(page) || len(page) == l.cfg.BatchSize
+				if n < len(page) || len(page) < l.cfg.BatchSize {
+					break
+				}
+				continue
+			}
 			evs = append(evs, page...)
 			full = len(page) == l.cfg.BatchSize
-			if !full || len(evs) >= maxHandOver {
+			if !full {
 				break
 			}
 		}
@@ -281,9 +304,10 @@ func (l *Listener) catchUp(ctx context.Context) error {
 	}
 }
 
-// maxHandOver bounds the events handed to the handler at once. A single
-// append larger than this reaches a node in more than one step.
-const maxHandOver = 50000
+// DefaultMaxHandOver bounds the events handed to the handler at once,
+// except that an append is never split: one larger than the bound arrives
+// whole.
+const DefaultMaxHandOver = 50000
 
 func (l *Listener) raiseHead(pos int64) {
 	for {

@@ -287,3 +287,53 @@ func TestListenerHandsOverLargeAppendsWhole(t *testing.T) {
 		t.Fatalf("handler calls %v, want one call with 1..35", calls)
 	}
 }
+
+// A catch-up hands over at most MaxHandOver events at once, in full pages,
+// but never splits an append: one larger than the bound arrives whole.
+func TestListenerNeverSplitsAnAppend(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	appendN(t, s, 5) // 1..5, one append each
+	big := make([]events.Proposed, 23)
+	for i := range big {
+		big[i] = events.Proposed{Stream: fmt.Sprintf("b%d", i), ExpectedVersion: events.AnyVersion, Type: "t", Data: json.RawMessage(`{}`)}
+	}
+	if _, err := s.Append(context.Background(), events.AppendRequest{Events: big}); err != nil { // 6..28
+		t.Fatal(err)
+	}
+	appendN(t, s, 9) // 29..37
+
+	var (
+		mu      sync.Mutex
+		batches [][2]int64
+	)
+	c := newCollector()
+	l := events.NewListener(events.ListenerConfig{
+		ConnConfig: pool.Config().ConnConfig, Store: s, BatchSize: 4, MaxHandOver: 6, PollInterval: time.Hour,
+		Handler: func(ctx context.Context, evs []events.Event) error {
+			mu.Lock()
+			batches = append(batches, [2]int64{evs[0].Position, evs[len(evs)-1].Position})
+			mu.Unlock()
+			return c.handle(ctx, evs)
+		},
+	})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Stop)
+	c.waitCount(t, 37, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	// Pages of 4: 1..4, 5..8 reach the bound inside the big append, which
+	// is then completed to 28; then 29..32, 33..36 (the bound), and 37.
+	for _, b := range batches {
+		if b[0] <= 28 && b[1] >= 6 && (b[0] > 6 || b[1] < 28) {
+			t.Fatalf("the append 6..28 was split: hand-overs %v", batches)
+		}
+		// Full pages until the bound is reached: at most bound + page - 1.
+		if b[1]-b[0]+1 > 6+4-1 && !(b[0] <= 6 && b[1] >= 28) {
+			t.Fatalf("a hand-over beyond the bound without an append to finish: %v", batches)
+		}
+	}
+	t.Logf("hand-overs %v", batches)
+}
