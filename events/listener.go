@@ -176,10 +176,8 @@ func (l *Listener) run(ctx context.Context) {
 		}
 		l.setErr(err)
 		l.cfg.Logger.Warn("event listener disconnected; reconnecting", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, l.cfg.MaxBackoff)
 		if err == nil {
@@ -324,4 +322,16 @@ func (l *Listener) setErr(err error) {
 		return
 	}
 	l.lastErr.Store(err.Error())
+}
+
+// sleep waits for d, or until ctx ends: it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

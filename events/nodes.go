@@ -276,10 +276,8 @@ func (r *NodeRegistry) send(ctx context.Context) {
 					r.cfg.Logger.Warn("node registry cannot write its row; retrying", "node", r.cfg.NodeID, "err", err)
 					failing = true
 				}
-				select {
-				case <-ctx.Done():
+				if !sleep(ctx, backoff) {
 					return
-				case <-time.After(backoff):
 				}
 				backoff = min(backoff*2, r.maxBackoff)
 				continue

@@ -51,10 +51,8 @@ func (r *NodeRegistry) listen(ctx context.Context) {
 			r.cfg.Logger.Warn("node registry listener disconnected; reconnecting", "node", r.cfg.NodeID, "err", err)
 			failing = true
 		}
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, r.maxBackoff)
 	}

@@ -406,6 +406,35 @@ func TestStopLeavesAtOnce(t *testing.T) {
 	unstarted.Stop(t.Context())
 }
 
+// listenNodes opens a session listening on NodesNotifyChannel.
+func listenNodes(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	watch, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Close(context.Background()) })
+	if _, err := watch.Exec(t.Context(), "LISTEN "+NodesNotifyChannel); err != nil {
+		t.Fatal(err)
+	}
+	return watch
+}
+
+// notifications returns the payloads received until 200ms pass without one.
+func notifications(t *testing.T, watch *pgx.Conn) []string {
+	t.Helper()
+	var got []string
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		n, err := watch.WaitForNotification(ctx)
+		cancel()
+		if err != nil {
+			return got
+		}
+		got = append(got, n.Payload)
+	}
+}
+
 // Report never blocks its caller (the node's event handler): a burst of
 // calls costs memory operations, and is sent as a few coalesced reports
 // whose last carries the final position.
@@ -416,14 +445,7 @@ func TestReportCoalesces(t *testing.T) {
 	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, nil)
 	waitView(t, a, 5*time.Second, "registered", positions(map[string]int64{"node-a": 0}))
 
-	watch, err := pgx.Connect(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { watch.Close(context.Background()) })
-	if _, err := watch.Exec(t.Context(), "LISTEN "+NodesNotifyChannel); err != nil {
-		t.Fatal(err)
-	}
+	watch := listenNodes(t, url)
 	// Reports notify while a write waits: count them by their notifications.
 	if _, err := watch.Exec(t.Context(), "SELECT isekai_node_wait_begin(gen_random_uuid(), 1)"); err != nil {
 		t.Fatal(err)
@@ -442,16 +464,7 @@ func TestReportCoalesces(t *testing.T) {
 	a.Report(5) // lower: ignored
 	waitView(t, a, 5*time.Second, "at the final position", positions(map[string]int64{"node-a": n}))
 
-	sends := 0
-	for {
-		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-		_, err := watch.WaitForNotification(ctx)
-		cancel()
-		if err != nil {
-			break
-		}
-		sends++
-	}
+	sends := len(notifications(t, watch))
 	t.Logf("%d reports for %d Report calls", sends, n)
 	if sends == 0 || sends > n/10 {
 		t.Errorf("%d reports reached the database for %d Report calls; want a few, coalesced", sends, n)
@@ -635,26 +648,8 @@ func TestReportsNotifyOnlyWhileWaited(t *testing.T) {
 	pool := newPool(t, url)
 	a := startRegistry(t, pool, NodeRegistryConfig{NodeID: "node-a"}, notifyOnly)
 	waitView(t, a, 5*time.Second, "registered", positions(map[string]int64{"node-a": 0}))
-	watch, err := pgx.Connect(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { watch.Close(context.Background()) })
-	if _, err := watch.Exec(t.Context(), "LISTEN "+NodesNotifyChannel); err != nil {
-		t.Fatal(err)
-	}
-	notified := func() []string {
-		var got []string
-		for {
-			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-			n, err := watch.WaitForNotification(ctx)
-			cancel()
-			if err != nil {
-				return got
-			}
-			got = append(got, n.Payload)
-		}
-	}
+	watch := listenNodes(t, url)
+	notified := func() []string { return notifications(t, watch) }
 
 	a.Report(3)
 	waitView(t, a, 5*time.Second, "at 3", positions(map[string]int64{"node-a": 3}))

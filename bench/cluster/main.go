@@ -189,15 +189,7 @@ func probe(url, want string) bool {
 // propagation: K changes to one route's target, written on node 0, each
 // timed until all nodes serve it.
 func propagation(nodes []*proc, backend string, k int) {
-	status, body := post("POST", nodes[0].admin+"/api/routes", map[string]any{"path": "/p", "target_url": backend + "/v0"})
-	if status != 201 {
-		log.Fatalf("create: %d %s", status, body)
-	}
-	var created struct {
-		Data struct{ ID string } `json:"data"`
-	}
-	check(json.Unmarshal(body, &created))
-	id := created.Data.ID
+	id := createRoute(nodes[0], "/p", backend+"/v0")
 	var fromRequest, fromCommit, writes []time.Duration
 	for i := 1; i <= k; i++ {
 		want := fmt.Sprintf("/v%d", i)
@@ -235,6 +227,19 @@ func propagation(nodes []*proc, backend string, k int) {
 	report("admin write (request -> 200)", writes)
 	report("served by all 3 (from request)", fromRequest)
 	report("served by all 3 (after 200)", fromCommit)
+}
+
+// createRoute creates a route through n's admin API and returns its id.
+func createRoute(n *proc, path, target string) string {
+	status, body := post("POST", n.admin+"/api/routes", map[string]any{"path": path, "target_url": target})
+	if status != 201 {
+		log.Fatalf("create %s: %d %s", path, status, body)
+	}
+	var created struct {
+		Data struct{ ID string } `json:"data"`
+	}
+	check(json.Unmarshal(body, &created))
+	return created.Data.ID
 }
 
 func report(name string, ds []time.Duration) {

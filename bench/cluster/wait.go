@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"log"
 	"time"
@@ -11,15 +10,7 @@ import (
 // ?wait=cluster (K PATCHes each, on a rotating node), and checks after each
 // waited write that every node's proxy already serves it.
 func waitRun(nodes []*proc, backend string, k int) {
-	status, body := post("POST", nodes[0].admin+"/api/routes", map[string]any{"path": "/w", "target_url": backend + "/v0"})
-	if status != 201 {
-		log.Fatalf("create: %d %s", status, body)
-	}
-	var created struct {
-		Data struct{ ID string } `json:"data"`
-	}
-	check(json.Unmarshal(body, &created))
-	id := created.Data.ID
+	id := createRoute(nodes[0], "/w", backend+"/v0")
 	var plain, waited []time.Duration
 	stale := 0
 	for i := 1; i <= 2*k; i++ {
