@@ -41,7 +41,7 @@ type Config struct {
 	// Snapshots speed up point-in-time reads and rollbacks (?at=): they
 	// start from the newest snapshot at or before the point. Nil folds the
 	// log from its start.
-	Snapshots projections.SnapshotLoader
+	Snapshots projections.SnapshotSource
 	// Cluster serves GET /api/cluster and ?wait=cluster on writes; nil
 	// answers 501 to both.
 	Cluster Cluster

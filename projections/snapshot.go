@@ -169,29 +169,11 @@ func ReadSnapshotFile(path string) (Snapshot, error) {
 	return s, nil
 }
 
-// SnapshotLoader finds the newest usable snapshot at or before a point of
-// the log; found is false when there is none.
-type SnapshotLoader interface {
-	LoadSnapshot(ctx context.Context, at At) (s Snapshot, found bool, err error)
-}
-
-// PostgresSnapshots loads snapshots from the snapshots table.
-type PostgresSnapshots struct {
-	Store *events.SnapshotStore
-}
-
-// LoadSnapshot implements SnapshotLoader. A stored snapshot this binary
-// cannot decode is skipped with found false: replay falls back to the log.
-func (p PostgresSnapshots) LoadSnapshot(ctx context.Context, at At) (Snapshot, bool, error) {
-	stored, found, err := p.Store.Latest(ctx, at.Position, at.Time)
-	if err != nil || !found {
-		return Snapshot{}, false, err
-	}
-	s, err := DecodeSnapshot(stored.Data)
-	if err != nil || s.Position != stored.Position {
-		return Snapshot{}, false, nil
-	}
-	return s, true, nil
+// SnapshotSource finds stored snapshots: an *events.SnapshotStore. Latest
+// returns the newest one at or before position (0: any) whose event was
+// created at or before until (zero: any).
+type SnapshotSource interface {
+	Latest(ctx context.Context, position int64, until time.Time) (events.StoredSnapshot, bool, error)
 }
 
 // ReplayStats says how a replay got its table.
@@ -204,8 +186,10 @@ type ReplayStats struct {
 }
 
 // ReplayFrom is Replay starting from the newest snapshot at or before at
-// that snaps has (nil: none), folding only the events after it.
-func ReplayFrom(ctx context.Context, r EventReader, snaps SnapshotLoader, at At) (*RouteTable, ReplayStats, error) {
+// that snaps has (nil: none), folding only the events after it. A stored
+// snapshot this binary cannot decode is passed over: the replay folds the
+// log from its start instead.
+func ReplayFrom(ctx context.Context, r EventReader, snaps SnapshotSource, at At) (*RouteTable, ReplayStats, error) {
 	state, stats, err := ReplayState(ctx, r, snaps, at)
 	if err != nil {
 		return nil, stats, err
@@ -219,17 +203,19 @@ func ReplayFrom(ctx context.Context, r EventReader, snaps SnapshotLoader, at At)
 
 // ReplayState is ReplayFrom's fold, before the table is built: a node
 // restores it (Routes.Restore) and goes on applying events after it.
-func ReplayState(ctx context.Context, r EventReader, snaps SnapshotLoader, at At) (*RouteState, ReplayStats, error) {
+func ReplayState(ctx context.Context, r EventReader, snaps SnapshotSource, at At) (*RouteState, ReplayStats, error) {
 	state := NewRouteState()
 	var stats ReplayStats
 	if snaps != nil {
-		snap, found, err := snaps.LoadSnapshot(ctx, at)
+		stored, found, err := snaps.Latest(ctx, at.Position, at.Time)
 		if err != nil {
 			return nil, stats, fmt.Errorf("replaying the log: %w", err)
 		}
 		if found {
-			if st, err := snap.State(); err == nil {
-				state, stats.SnapshotPosition = st, snap.Position
+			if snap, err := DecodeSnapshot(stored.Data); err == nil && snap.Position == stored.Position {
+				if st, err := snap.State(); err == nil {
+					state, stats.SnapshotPosition = st, snap.Position
+				}
 			}
 		}
 	}

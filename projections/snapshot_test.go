@@ -225,15 +225,16 @@ func TestSnapshotFile(t *testing.T) {
 // memSnapshots serves snapshots of tables at chosen positions.
 type memSnapshots struct{ snaps []Snapshot }
 
-func (m *memSnapshots) LoadSnapshot(_ context.Context, at At) (Snapshot, bool, error) {
+func (m *memSnapshots) Latest(_ context.Context, position int64, _ time.Time) (events.StoredSnapshot, bool, error) {
 	for i := len(m.snaps) - 1; i >= 0; i-- {
 		s := m.snaps[i]
-		if at.Position > 0 && s.Position > at.Position {
+		if position > 0 && s.Position > position {
 			continue
 		}
-		return s, true, nil
+		data, err := s.Encode()
+		return events.StoredSnapshot{Position: s.Position, Data: data}, err == nil, err
 	}
-	return Snapshot{}, false, nil
+	return events.StoredSnapshot{}, false, nil
 }
 
 func TestReplayFromSnapshot(t *testing.T) {

@@ -59,7 +59,6 @@ func replayRun(ctx context.Context, dir, db, bin, backend string, nevents, nrout
 	start := time.Now()
 	count, bytes := writeSnapshots(ctx, store, snaps, int64(nevents))
 	fmt.Printf("  wrote %d snapshots (%.1f MB, %.2f MB each) in %v\n", count, float64(bytes)/1e6, float64(bytes)/1e6/float64(count), time.Since(start).Round(time.Millisecond))
-	loader := projections.PostgresSnapshots{Store: snaps}
 	for _, tc := range []struct {
 		name string
 		at   projections.At
@@ -68,7 +67,7 @@ func replayRun(ctx context.Context, dir, db, bin, backend string, nevents, nrout
 		var stats projections.ReplayStats
 		for range 5 {
 			start := time.Now()
-			_, stats, err = projections.ReplayFrom(ctx, store, loader, tc.at)
+			_, stats, err = projections.ReplayFrom(ctx, store, snaps, tc.at)
 			check(err)
 			ds = append(ds, time.Since(start))
 		}

@@ -33,7 +33,7 @@ func exportCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 	if *format != "json" && *format != "yaml" {
 		return fmt.Errorf("--format must be json or yaml, not %q", *format)
 	}
-	return withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotLoader) error {
+	return withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotSource) error {
 		t, _, err := projections.ReplayFrom(ctx, store, snaps, projections.At{})
 		if err != nil {
 			return err
@@ -79,7 +79,7 @@ func applyCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string, 
 	if err != nil {
 		return fmt.Errorf("%s: %w", *file, err)
 	}
-	return withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotLoader) error {
+	return withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotSource) error {
 		for attempt := 1; ; attempt++ {
 			t, _, err := projections.ReplayFrom(ctx, store, snaps, projections.At{})
 			if err != nil {
@@ -125,8 +125,8 @@ func decodeConfigFile(name string, data []byte) ([]projections.ConfigEntry, erro
 }
 
 // withStore opens the database as replay does and runs fn on its store.
-func withStore(ctx context.Context, cfg Config, log *slog.Logger, fn func(events.Store, projections.SnapshotLoader) error) error {
+func withStore(ctx context.Context, cfg Config, log *slog.Logger, fn func(events.Store, projections.SnapshotSource) error) error {
 	return withPool(ctx, cfg, log, func(pool *pgxpool.Pool) error {
-		return fn(events.NewPostgresStore(pool), projections.PostgresSnapshots{Store: events.NewSnapshotStore(pool)})
+		return fn(events.NewPostgresStore(pool), events.NewSnapshotStore(pool))
 	})
 }

@@ -159,7 +159,7 @@ func reconcileLocal(ctx context.Context, routes *projections.Routes, store event
 	}
 	log.Warn("the route table restored from the data directory is not a state of this database's log; rebuilding it from the log",
 		"position", t.Position())
-	state, stats, err := projections.ReplayState(ctx, store, projections.PostgresSnapshots{Store: snaps}, projections.At{})
+	state, stats, err := projections.ReplayState(ctx, store, snaps, projections.At{})
 	if err != nil {
 		return restoreSource{}, err
 	}

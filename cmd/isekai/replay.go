@@ -35,7 +35,7 @@ func replayCmd(ctx context.Context, cfg Config, log *slog.Logger, args []string,
 		}
 	}
 	var table *projections.RouteTable
-	err := withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotLoader) (err error) {
+	err := withStore(ctx, cfg, log, func(store events.Store, snaps projections.SnapshotSource) (err error) {
 		if *fromScratch {
 			snaps = nil
 		}

@@ -252,7 +252,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		},
 	}
 	acfg.Verifier = admin.PostgresVerifier{Pool: pool}
-	acfg.Snapshots = projections.PostgresSnapshots{Store: snaps}
+	acfg.Snapshots = snaps
 	acfg.Cluster = reg
 	acfg.Persistence = func() any {
 		return struct {
