@@ -129,7 +129,12 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		}
 		return nil
 	}
-	// attach ties the table to the log and starts following it.
+	// background runs until shutdown; the sequence below waits for it.
+	bctx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var background sync.WaitGroup
+	stopAll := func() { stopBackground(); background.Wait() }
+	// attach ties the table to the log and starts following it, until the
+	// shutdown sequence stops the listener (after the proxy has drained).
 	attach := func(ctx context.Context) error {
 		if degraded {
 			src, err := reconcileLocal(ctx, routes, store, snaps, snapshotFile(cfg.DataDir), log)
@@ -156,16 +161,12 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 			Logger:       log,
 			Handler:      handler,
 		})
-		if err := listener.Start(ctx); err != nil {
+		if err := listener.Start(bctx); err != nil {
 			return err
 		}
 		following.follow(listener)
 		return nil
 	}
-	// background runs until shutdown; the sequence below waits for it.
-	bctx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	var background sync.WaitGroup
-	stopAll := func() { stopBackground(); background.Wait() }
 	cleanup = append(cleanup, func() {
 		stopAll()
 		following.stop()
