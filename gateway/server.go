@@ -59,6 +59,7 @@ func New(cfg Config, routes func() Routes) (*Server, error) {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, routes: routes, trusted: cfg.TrustedProxies, log: cfg.Logger}
 	s.upstreams.new = s.newUpstream
+	s.upstreams.live = s.liveTargets
 
 	s.app = fiber.New(fiber.Config{
 		ServerHeader:          "", // no Server header of our own

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/zakirkun/isekai/projections"
 )
 
 // upstreamKey names one upstream: scheme and host:port. A struct key keeps
@@ -31,11 +33,17 @@ type upstream struct {
 }
 
 // upstreams is the registry of upstreams. Reads are a lock-free load of an
-// immutable map; a new target copies the map under a mutex, once.
+// immutable map; a new target copies the map under a mutex, once, and
+// leaves out on the way the targets no route points at any more and no
+// connection is open to: the registry holds the targets of the current
+// table, and those still draining, not every target it ever saw.
 type upstreams struct {
 	m   atomic.Pointer[map[upstreamKey]*upstream]
 	mu  sync.Mutex
 	new func(upstreamKey) *upstream
+	// live returns the targets of the current table; nil (the function, or
+	// its result) keeps every target.
+	live func() map[upstreamKey]bool
 }
 
 func (r *upstreams) get(useTLS bool, addr string) *upstream {
@@ -55,7 +63,14 @@ func (r *upstreams) get(useTLS bool, addr string) *upstream {
 	}
 	next := make(map[upstreamKey]*upstream, 1+lenMap(old))
 	if old != nil {
+		var live map[upstreamKey]bool
+		if r.live != nil {
+			live = r.live()
+		}
 		for k, u := range *old {
+			if live != nil && !live[k] && u.hc.ConnsCount() == 0 {
+				continue // pruned: unreferenced and idle
+			}
 			next[k] = u
 		}
 	}
@@ -70,6 +85,28 @@ func lenMap(m *map[upstreamKey]*upstream) int {
 		return 0
 	}
 	return len(*m)
+}
+
+// routeLister is the part of a route table the registry prunes by (a
+// *projections.RouteTable has it); tables without it are never pruned.
+type routeLister interface {
+	List() []*projections.Route
+}
+
+// liveTargets returns the upstream keys of the current table's routes, or
+// nil when the table cannot list them.
+func (s *Server) liveTargets() map[upstreamKey]bool {
+	l, ok := s.routes().(routeLister)
+	if !ok || l == nil {
+		return nil
+	}
+	routes := l.List()
+	keys := make(map[upstreamKey]bool, len(routes))
+	for _, r := range routes {
+		t := r.Target()
+		keys[upstreamKey{tls: t.Scheme == "https", addr: t.Addr}] = true
+	}
+	return keys
 }
 
 // closeIdle closes every pooled idle upstream connection.
