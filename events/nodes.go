@@ -110,8 +110,8 @@ type NodeRegistry struct {
 	stopped bool
 }
 
-// New validates cfg, fills in the defaults and returns a NodeRegistry; Start
-// runs it.
+// NewNodeRegistry validates cfg, fills in the defaults and returns a
+// NodeRegistry; Start runs it.
 func NewNodeRegistry(cfg NodeRegistryConfig) (*NodeRegistry, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("configuring node registry: Pool is required")
