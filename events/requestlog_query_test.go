@@ -441,22 +441,7 @@ func TestRequestLogQueriesUseIndexes(t *testing.T) {
 		if strings.Contains(tc.sql, "$2") {
 			args = append(args, uuid.New())
 		}
-		rows, err := conn.Query(ctx, "EXPLAIN "+tc.sql, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var l string
-			if err := rows.Scan(&l); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, l)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		p := strings.Join(plan, "\n")
+		p := explain(t, conn.Conn(), tc.sql, args...)
 		if !strings.Contains(p, tc.index) || strings.Contains(p, "Seq Scan") || strings.Contains(p, "->  Sort") {
 			t.Errorf("%s: want %s:\n%s", tc.name, tc.index, p)
 		}

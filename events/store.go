@@ -56,8 +56,9 @@ type Filter struct {
 	Type   string // exactly this type
 	Actor  string // exactly this Metadata.Actor
 	// Since and Until bound CreatedAt, both inclusive. Every event of one
-	// append shares its CreatedAt, and CreatedAt follows position order
-	// unless the database's clock steps back.
+	// append shares its CreatedAt, and CreatedAt does not decrease with
+	// position (isekai_append never stamps an event earlier than the one
+	// before it, from migration 0007 on).
 	Since time.Time
 	Until time.Time
 	// NoMetadata leaves every event's Metadata empty: for readers that fold
