@@ -256,8 +256,10 @@ func (u *upstream) try(req *fasthttp.Request, resp *fasthttp.Response, x exchang
 	// beyond the response mean the connection's stream position cannot be
 	// trusted: never reuse it (RFC 9112 §6.3).
 	closeConn := resp.Header.ConnectionClose() || (fc != nil && fc.takeAmbiguous())
-	status := resp.Header.StatusCode()
-	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+	// done ends an exchange whose response was read whole: the connection
+	// goes back to the pool unless it must not be reused, or bytes beyond
+	// the response wait on it.
+	done := func(closeConn bool) {
 		closeConn = closeConn || br.Buffered() > 0 || (fc != nil && fc.pending() > 0)
 		hc.ReleaseReader(br)
 		if closeConn {
@@ -265,6 +267,10 @@ func (u *upstream) try(req *fasthttp.Request, resp *fasthttp.Response, x exchang
 		} else {
 			hc.ReleaseConn(cc)
 		}
+	}
+	status := resp.Header.StatusCode()
+	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified {
+		done(closeConn)
 		return false, nil
 	}
 
@@ -284,14 +290,7 @@ func (u *upstream) try(req *fasthttp.Request, resp *fasthttp.Response, x exchang
 			hc.CloseConn(cc)
 			return false, err
 		}
-		closeConn = closeConn || cl == -2
-		closeConn = closeConn || br.Buffered() > 0 || (fc != nil && fc.pending() > 0)
-		hc.ReleaseReader(br)
-		if closeConn {
-			hc.CloseConn(cc)
-		} else {
-			hc.ReleaseConn(cc)
-		}
+		done(closeConn || cl == -2)
 		return false, nil
 	}
 
