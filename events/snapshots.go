@@ -138,15 +138,12 @@ func (s *SnapshotStore) Prune(ctx context.Context, keep int, thin int64) (int64,
 
 var errNotInLog = errors.New("snapshot event not in the log")
 
-// SnapshotSummary describes the snapshots table for status reports.
+// SnapshotSummary describes the snapshots table.
 type SnapshotSummary struct {
-	Count          int64     `json:"count"`
-	Bytes          int64     `json:"bytes"`
-	Newest         int64     `json:"newest_position"`
-	NewestAt       time.Time `json:"newest_at,omitzero"`
-	NewestRoutes   int       `json:"newest_routes"`
-	NewestByNode   string    `json:"newest_node,omitempty"`
-	OldestPosition int64     `json:"oldest_position"`
+	Count          int64 `json:"count"`
+	Bytes          int64 `json:"bytes"`
+	Newest         int64 `json:"newest_position"`
+	OldestPosition int64 `json:"oldest_position"`
 }
 
 // Summary counts the stored snapshots.
@@ -157,13 +154,6 @@ func (s *SnapshotStore) Summary(ctx context.Context) (SnapshotSummary, error) {
 		Scan(&sum.Count, &sum.Bytes, &sum.Newest, &sum.OldestPosition)
 	if err != nil {
 		return sum, translate("summarizing snapshots", err)
-	}
-	if sum.Count > 0 {
-		err = s.pool.QueryRow(ctx, `SELECT created_at, routes, node FROM snapshots WHERE position = $1`, sum.Newest).
-			Scan(&sum.NewestAt, &sum.NewestRoutes, &sum.NewestByNode)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return sum, translate("summarizing snapshots", err)
-		}
 	}
 	return sum, nil
 }

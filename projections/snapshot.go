@@ -112,15 +112,6 @@ func (s Snapshot) State() (*RouteState, error) {
 	return st, nil
 }
 
-// Table builds the snapshot's table.
-func (s Snapshot) Table() (*RouteTable, error) {
-	st, err := s.State()
-	if err != nil {
-		return nil, err
-	}
-	return st.Build()
-}
-
 // WriteSnapshotFile writes data to path atomically: a temporary file in the
 // same directory, synced, then renamed over path, so a crash leaves the old
 // file or the new one, never a torn one.

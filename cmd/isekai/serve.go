@@ -259,7 +259,7 @@ func startNode(ctx context.Context, cfg Config, log *slog.Logger) (_ *node, err 
 		return struct {
 			persistStatus
 			Restored restoreSource `json:"restored"`
-		}{pers.Status().(persistStatus), following.source()}
+		}{pers.Status(), following.source()}
 	}
 	if requestLog != nil {
 		acfg.RequestLogs = admin.PostgresRequestLogs{Pool: pool}

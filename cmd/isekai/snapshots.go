@@ -188,7 +188,7 @@ func (p *persister) known(file, db int64) {
 }
 
 // Status reports the persister for /api/status.
-func (p *persister) Status() any {
+func (p *persister) Status() persistStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.status
