@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -17,6 +15,7 @@ import (
 	"github.com/zakirkun/isekai/admin"
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/events/pgtest"
+	"github.com/zakirkun/isekai/events/storetest"
 )
 
 // caughtUp is a listener that has applied the log.
@@ -37,35 +36,6 @@ func newLogsEnv(t *testing.T, dbURL string, logs func(*pgxpool.Pool) admin.Reque
 }
 
 func postgresLogs(pool *pgxpool.Pool) admin.RequestLogs { return admin.PostgresRequestLogs{Pool: pool} }
-
-// writeRequestLogs records entries through a RequestLogWriter, as the
-// gateway does, and returns once they are committed.
-func writeRequestLogs(t *testing.T, pool *pgxpool.Pool, entries []events.RequestLogEntry) {
-	t.Helper()
-	w, err := events.NewRequestLogWriter(pool, events.RequestLogConfig{
-		FlushInterval: 5 * time.Millisecond, QueueSize: len(entries) + 1, MaintainInterval: -1,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for i := range entries {
-		if !w.Enqueue(&entries[i]) {
-			t.Fatalf("entry %d not enqueued", i)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := w.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if st := w.Stats(); st.Written != uint64(len(entries)) {
-		t.Fatalf("written %d of %d entries", st.Written, len(entries))
-	}
-}
 
 func logEntry(id string, at time.Time) events.RequestLogEntry {
 	return events.RequestLogEntry{
@@ -124,7 +94,7 @@ func TestListLogs(t *testing.T) {
 		e.RouteID, e.Method, e.Status = r.route, r.method, r.status
 		entries = append(entries, e)
 	}
-	writeRequestLogs(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 
 	rfc := func(min int) string { return url.QueryEscape(at(min).Format(time.RFC3339)) }
 	for _, tc := range []struct{ query, want string }{
@@ -175,7 +145,7 @@ func TestListLogsPaging(t *testing.T) {
 		e.NodeID = fmt.Sprint("node-", i%3)
 		entries = append(entries, e)
 	}
-	writeRequestLogs(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 
 	all := e.logs(t, "limit=1000").Data
 	if len(all) != 60 {
@@ -314,7 +284,7 @@ func TestRouteStats(t *testing.T) {
 	old := logEntry("old", now.Add(-time.Hour))
 	old.RouteID, old.Status = route, 500
 	entries = append(entries, old)
-	writeRequestLogs(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 
 	// All 100 are within the default 15m.
 	st := e.stats(t, route, "")
@@ -372,7 +342,7 @@ func TestLogsOutageIs503(t *testing.T) {
 	route := uuid.New()
 	entry := logEntry("r", time.Now())
 	entry.RouteID = route
-	writeRequestLogs(t, pool, []events.RequestLogEntry{entry})
+	storetest.WriteRequestLogs(t, pool, []events.RequestLogEntry{entry})
 	if p := e.logs(t, ""); len(p.Data) != 1 {
 		t.Fatalf("before the outage: %+v", p)
 	}

@@ -3,9 +3,6 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -14,31 +11,15 @@ import (
 	"github.com/zakirkun/isekai/admin"
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/events/pgtest"
-	"github.com/zakirkun/isekai/projections"
 )
 
 // newVerifyEnv serves an admin API with a PostgresVerifier on its pool.
 func newVerifyEnv(t *testing.T) (env, *pgxpool.Pool) {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), pgtest.NewMigratedDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	store := events.NewPostgresStore(pool)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := admin.New(admin.Config{NodeID: "node-test", Logger: quiet, Verifier: admin.PostgresVerifier{Pool: pool}},
-		store, projections.NewRoutes(), caughtUp{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	return env{base: "http://" + ln.Addr().String(), store: store}, pool
+	return startEnv(t, pgtest.NewMigratedDatabase(t), envOptions{
+		sync:      caughtUp{},
+		configure: func(cfg *admin.Config, pool *pgxpool.Pool) { cfg.Verifier = admin.PostgresVerifier{Pool: pool} },
+	})
 }
 
 func verifyResult(t *testing.T, r response) events.VerifyResult {

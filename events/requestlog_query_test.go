@@ -15,6 +15,7 @@ import (
 
 	"github.com/zakirkun/isekai/events"
 	"github.com/zakirkun/isekai/events/pgtest"
+	"github.com/zakirkun/isekai/events/storetest"
 )
 
 // rqPool is a pool on a fresh migrated database.
@@ -26,34 +27,6 @@ func rqPool(t *testing.T, url string) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
-}
-
-// rqWrite records entries through a RequestLogWriter and returns once they
-// are committed.
-func rqWrite(t *testing.T, pool *pgxpool.Pool, entries []events.RequestLogEntry) {
-	t.Helper()
-	w, err := events.NewRequestLogWriter(pool, events.RequestLogConfig{
-		FlushInterval: 5 * time.Millisecond, QueueSize: len(entries) + 1, MaintainInterval: -1, NodeID: "node-default",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for i := range entries {
-		if !w.Enqueue(&entries[i]) {
-			t.Fatalf("entry %d not enqueued", i)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := w.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if st := w.Stats(); st.Written != uint64(len(entries)) {
-		t.Fatalf("written %d of %d entries: %+v", st.Written, len(entries), st)
-	}
 }
 
 // rqEntry is a minimal entry; the test sets what it filters on.
@@ -108,7 +81,7 @@ func TestQueryRequestLogsFilters(t *testing.T) {
 		e.RouteID, e.Method, e.Status = r.route, r.method, r.status
 		entries = append(entries, e)
 	}
-	rqWrite(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 
 	for _, tc := range []struct {
 		name string
@@ -157,7 +130,7 @@ func TestQueryRequestLogsRow(t *testing.T) {
 	}
 	bare := rqEntry("bare", at.Add(-time.Second))
 	bare.NodeID = ""
-	rqWrite(t, pool, []events.RequestLogEntry{full, bare})
+	storetest.WriteRequestLogs(t, pool, []events.RequestLogEntry{full, bare})
 
 	rows := rqQuery(t, pool, events.RequestLogFilter{})
 	if len(rows) != 2 {
@@ -172,7 +145,7 @@ func TestQueryRequestLogsRow(t *testing.T) {
 	if rows[0] != want || rows[0].Time.Location() != time.UTC {
 		t.Errorf("full row:\n got %+v\nwant %+v", rows[0], want)
 	}
-	if rows[1].NodeID != "node-default" || rows[1].RouteID != uuid.Nil || rows[1].ClientIP.IsValid() || rows[1].Query != "" {
+	if rows[1].NodeID != storetest.DefaultNodeID || rows[1].RouteID != uuid.Nil || rows[1].ClientIP.IsValid() || rows[1].Query != "" {
 		t.Errorf("bare row: %+v", rows[1])
 	}
 	j, err := json.Marshal(rows[1])
@@ -206,7 +179,7 @@ func TestQueryRequestLogsPaging(t *testing.T) {
 		}
 		entries = append(entries, e)
 	}
-	rqWrite(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 
 	for _, tc := range []struct {
 		name  string
@@ -262,7 +235,7 @@ func TestQueryRequestLogsLimitBounds(t *testing.T) {
 	for i := range entries {
 		entries[i] = rqEntry(fmt.Sprint(i), base.Add(time.Duration(i)*time.Microsecond))
 	}
-	rqWrite(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 	for _, tc := range []struct{ limit, want int }{
 		{0, events.DefaultRequestLogLimit}, {-3, events.DefaultRequestLogLimit}, {1, 1}, {1000, 1000}, {5000, events.MaxRequestLogLimit},
 	} {
@@ -305,7 +278,7 @@ func TestQueryRouteStats(t *testing.T) {
 	n := rqEntry("none", now.Add(-time.Second))
 	n.Status, n.Latency = 404, 7*time.Millisecond
 	entries = append(entries, o, n)
-	rqWrite(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 
 	ctx := context.Background()
 	st, err := events.QueryRouteStats(ctx, pool, route, 15*time.Minute, now)
@@ -377,7 +350,7 @@ func TestQueryRouteStatsOtherClass(t *testing.T) {
 		e.RouteID, e.Status = route, status
 		entries = append(entries, e)
 	}
-	rqWrite(t, pool, entries)
+	storetest.WriteRequestLogs(t, pool, entries)
 	st, err := events.QueryRouteStats(context.Background(), pool, route, time.Minute, now)
 	if err != nil {
 		t.Fatal(err)
@@ -396,7 +369,7 @@ func TestQueryRequestLogsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	pool := rqPool(t, url)
-	rqWrite(t, pool, []events.RequestLogEntry{rqEntry("before-outage", time.Now())})
+	storetest.WriteRequestLogs(t, pool, []events.RequestLogEntry{rqEntry("before-outage", time.Now())})
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}

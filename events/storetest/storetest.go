@@ -1,6 +1,7 @@
 // Package storetest is the conformance suite every events.Store must pass:
 // ordering under concurrent appenders, expected-version conflicts,
-// idempotent retries, head checks and reads.
+// idempotent retries, head checks and reads; and fixtures the tests of the
+// Postgres side share (WriteRequestLogs).
 package storetest
 
 import (
